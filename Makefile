@@ -1,0 +1,30 @@
+# Every target sets up .venv on first use, so a fresh clone needs only `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test test-gpu demo bench venv clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m cuda
+
+bench: $(STAMP)
+	$(PY) bench/bench_networks.py
+
+demo: $(STAMP)
+	@echo "make demo arrives with the training loop (issue 3); nothing to run yet." && false
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,302 @@
+"""Small PyTorch helpers used throughout networks, losses and the training loop."""
+import contextlib
+import functools
+import re
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+import dnnlib
+
+# ----------------------------------------------------------------------------
+# Cached constant tensors
+
+_constant_cache: Dict[tuple, torch.Tensor] = {}
+
+
+def constant(value, shape=None, dtype=None, device=None, memory_format=None) -> torch.Tensor:
+    """A tensor holding `value` (broadcast to `shape`), created once per distinct request.
+
+    Networks build filters and small matrices on every forward; caching them
+    avoids repeated host-to-device copies. Callers must not modify the result.
+    """
+    array = np.asarray(value)
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+    if dtype is None:
+        dtype = torch.get_default_dtype()
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if memory_format is None:
+        memory_format = torch.contiguous_format
+    key = (array.shape, array.dtype.str, array.tobytes(), shape, dtype, device, memory_format)
+    tensor = _constant_cache.get(key)
+    if tensor is None:
+        tensor = torch.as_tensor(array.copy(), dtype=dtype, device=device)
+        if shape is not None:
+            tensor = tensor.expand(shape)
+        tensor = tensor.contiguous(memory_format=memory_format)
+        _constant_cache[key] = tensor
+    return tensor
+
+
+def nan_to_num(input: torch.Tensor, nan: float = 0.0, posinf: Optional[float] = None,
+               neginf: Optional[float] = None, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Replace NaN/inf (infinities default to the dtype's extremes), as torch.nan_to_num."""
+    return torch.nan_to_num(input, nan=nan, posinf=posinf, neginf=neginf, out=out)
+
+
+# ----------------------------------------------------------------------------
+# Tracing-friendly assertions
+
+
+@contextlib.contextmanager
+def suppress_tracer_warnings():
+    """Silence torch.jit.TracerWarning inside the block (shape checks trigger it harmlessly)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[Any]) -> None:
+    """Check a tensor's shape against `ref_shape`, where None matches any size.
+
+    Sizes may be tensors or symbolic ints under tracing; those are checked
+    with torch._assert so that the check is recorded rather than baked in.
+    """
+    if tensor.ndim != len(ref_shape):
+        raise AssertionError("Wrong number of dimensions: got {}, expected {}".format(tensor.ndim, len(ref_shape)))
+    for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
+        if ref_size is None:
+            continue
+        message = "Wrong size for dimension {}: got {}, expected {}".format(idx, size, ref_size)
+        if isinstance(size, torch.Tensor) or isinstance(ref_size, torch.Tensor):
+            with suppress_tracer_warnings():
+                torch._assert(torch.equal(torch.as_tensor(size), torch.as_tensor(ref_size)), message)
+        elif isinstance(size, torch.SymInt) or isinstance(ref_size, torch.SymInt):
+            torch._assert(size == ref_size, message)
+        elif size != ref_size:
+            raise AssertionError(message)
+
+
+def profiled_function(fn):
+    """Decorator: show the function by name in torch.profiler traces."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def decorator(*args, **kwargs):
+        with torch.autograd.profiler.record_function(name):
+            return fn(*args, **kwargs)
+
+    return decorator
+
+
+# ----------------------------------------------------------------------------
+# Data
+
+
+class InfiniteSampler(torch.utils.data.Sampler):
+    """Endless stream of dataset indices; rank r of n takes every n-th draw from r.
+
+    All ranks run the same seeded sequence, so their slices are disjoint and
+    together cover the data evenly. With `shuffle`, each drawn position is
+    swapped with one up to `window_size * len(dataset)` places back, so the
+    order keeps changing without epoch boundaries.
+    """
+
+    def __init__(self, dataset, rank: int = 0, num_replicas: int = 1, shuffle: bool = True, seed: int = 0,
+                 window_size: float = 0.5):
+        if len(dataset) <= 0:
+            raise ValueError("InfiniteSampler needs a non-empty dataset")
+        if num_replicas <= 0 or not 0 <= rank < num_replicas:
+            raise ValueError("Need 0 <= rank < num_replicas, got rank={}, num_replicas={}".format(rank, num_replicas))
+        if not 0 <= window_size <= 1:
+            raise ValueError("window_size must be in [0, 1]")
+        super().__init__()
+        self.dataset = dataset
+        self.rank = rank
+        self.num_replicas = num_replicas
+        self.shuffle = shuffle
+        self.seed = seed
+        self.window_size = window_size
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)
+        order = np.arange(n)
+        rnd = None
+        window = 0
+        if self.shuffle:
+            rnd = np.random.RandomState(self.seed)
+            rnd.shuffle(order)
+            window = int(np.rint(n * self.window_size))
+        step = 0
+        while True:
+            pos = step % n
+            if step % self.num_replicas == self.rank:
+                yield int(order[pos])
+            if window >= 2:
+                other = (pos - rnd.randint(window)) % n
+                order[pos], order[other] = order[other], order[pos]
+            step += 1
+
+
+# ----------------------------------------------------------------------------
+# Parameters and buffers
+
+
+def params_and_buffers(module: torch.nn.Module) -> List[torch.Tensor]:
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError("Expected a torch.nn.Module")
+    return list(module.parameters()) + list(module.buffers())
+
+
+def named_params_and_buffers(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError("Expected a torch.nn.Module")
+    return list(module.named_parameters()) + list(module.named_buffers())
+
+
+@torch.no_grad()
+def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Module, require_all: bool = False) -> None:
+    """Copy tensors that share a name (resume, G_ema init, loading pickles into new code)."""
+    src_tensors = dict(named_params_and_buffers(src_module))
+    for name, tensor in named_params_and_buffers(dst_module):
+        src = src_tensors.get(name)
+        if src is None:
+            if require_all:
+                raise KeyError("copy_params_and_buffers: source has no tensor named '{}'".format(name))
+            continue
+        if src.shape != tensor.shape:
+            raise ValueError("copy_params_and_buffers: shape of '{}' differs: source {}, destination {}".format(
+                name, tuple(src.shape), tuple(tensor.shape)))
+        tensor.copy_(src.detach())
+
+
+# ----------------------------------------------------------------------------
+# Distributed helpers
+
+
+@contextlib.contextmanager
+def ddp_sync(module: torch.nn.Module, sync: bool):
+    """Skip DDP's gradient all-reduce unless `sync` (all but the last accumulation round)."""
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel) and not sync:
+        with module.no_sync():
+            yield
+    else:
+        yield
+
+
+def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] = None) -> None:
+    """Assert every parameter and buffer equals rank 0's copy (NaN counts as equal to NaN).
+
+    Names are '<ClassName>.<tensor name>'; ones fully matching `ignore_regex` are skipped.
+    Does nothing when torch.distributed is not initialised (a single process is consistent).
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError("Expected a torch.nn.Module")
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for name, tensor in named_params_and_buffers(module):
+        fullname = type(module).__name__ + "." + name
+        if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
+            continue
+        local = tensor.detach()
+        reference = local.clone()
+        torch.distributed.broadcast(tensor=reference, src=0)
+        same = local == reference
+        if local.is_floating_point() or local.is_complex():
+            same = same | (local.isnan() & reference.isnan())
+        if not bool(same.all()):
+            raise AssertionError("DDP inconsistency: '{}' differs from rank 0".format(fullname))
+
+
+# ----------------------------------------------------------------------------
+# Module summary
+
+
+def _flatten_tensors(obj: Any) -> List[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _flatten_tensors(item)]
+    if isinstance(obj, dict):
+        return [t for item in obj.values() for t in _flatten_tensors(item)]
+    return []
+
+
+def print_module_summary(module: torch.nn.Module, inputs: Sequence[Any], max_nesting: int = 3,
+                         skip_redundant: bool = True) -> Any:
+    """Run `module(*inputs)` once and print a table of submodules: parameters, buffers,
+    output shapes and dtypes. Returns the module's outputs.
+
+    Rows come in completion order (children before their parent) and each
+    tensor is counted once, at the first row that owns it, so the totals equal
+    the module's real size; with `skip_redundant`, rows that add nothing new
+    are dropped.
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError("Expected a torch.nn.Module")
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError("print_module_summary does not support ScriptModules")
+    if not isinstance(inputs, (tuple, list)):
+        inputs = [inputs]
+
+    records: List[dnnlib.EasyDict] = []
+    depth = [0]
+
+    def pre_hook(mod, _inputs):
+        depth[0] += 1
+
+    def post_hook(mod, _inputs, outputs):
+        depth[0] -= 1
+        if depth[0] <= max_nesting:
+            records.append(dnnlib.EasyDict(mod=mod, outputs=_flatten_tensors(outputs)))
+
+    handles = []
+    for mod in module.modules():
+        handles.append(mod.register_forward_pre_hook(pre_hook))
+        handles.append(mod.register_forward_hook(post_hook))
+    try:
+        outputs = module(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    # Hooks fire innermost-first, so each tensor is credited to the deepest module shown that owns it.
+    seen = set()
+    for rec in records:
+        rec.params = [t for t in rec.mod.parameters() if id(t) not in seen]
+        rec.buffers = [t for t in rec.mod.buffers() if id(t) not in seen]
+        rec.new_outputs = [t for t in rec.outputs if id(t) not in seen]
+        seen.update(id(t) for t in rec.params + rec.buffers + rec.new_outputs)
+    if skip_redundant:
+        records = [rec for rec in records if rec.params or rec.buffers or rec.new_outputs]
+
+    names = {mod: name for name, mod in module.named_modules()}
+    names[module] = "<top-level>"
+    header = ["Module", "Parameters", "Buffers", "Output shape", "Datatype"]
+    rows = [header, ["---"] * len(header)]
+    total_params = 0
+    total_buffers = 0
+    for rec in records:
+        name = names.get(rec.mod, type(rec.mod).__name__)
+        num_params = sum(t.numel() for t in rec.params)
+        num_buffers = sum(t.numel() for t in rec.buffers)
+        total_params += num_params
+        total_buffers += num_buffers
+        shapes = [str(list(t.shape)) for t in rec.outputs] or ["-"]
+        dtypes = [str(t.dtype).split(".")[-1] for t in rec.outputs] or ["-"]
+        rows.append([name, str(num_params) if num_params else "-", str(num_buffers) if num_buffers else "-",
+                     shapes[0], dtypes[0]])
+        for i in range(1, len(shapes)):
+            rows.append(["{}:{}".format(name, i), "-", "-", shapes[i], dtypes[i]])
+    rows.append(["---"] * len(header))
+    rows.append(["Total", str(total_params), str(total_buffers), "-", "-"])
+
+    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+    print()
+    for row in rows:
+        print("  ".join(cell + " " * (width - len(cell)) for cell, width in zip(row, widths)).rstrip())
+    print()
+    return outputs

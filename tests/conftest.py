@@ -1,0 +1,26 @@
+"""Shared test setup: the harness runs as scripts from its own folder, so its
+top-level packages (dnnlib, torch_utils, training, ...) come from stylegan2_ada/."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARNESS = os.path.join(ROOT, "stylegan2_ada")
+if HARNESS not in sys.path:
+    sys.path.insert(0, HARNESS)
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `cuda` tests cleanly on machines without a CUDA device."""
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # torch missing or broken: let the import errors speak elsewhere
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
