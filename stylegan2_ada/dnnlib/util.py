@@ -96,6 +96,7 @@ class Logger:
         if file_name is not None:
             self.file = open(file_name, file_mode, encoding="utf-8")
         self.should_flush = should_flush
+        self._closed = False
         self.stdout = sys.stdout
         self.stderr = sys.stderr
         self._tee_out = _TeeStream(self, self.stdout)
@@ -119,8 +120,9 @@ class Logger:
 
     def close(self) -> None:
         """Flush, restore the original streams and close the file (idempotent)."""
-        if self.file is None and sys.stdout is not self._tee_out and sys.stderr is not self._tee_err:
+        if self._closed:
             return
+        self._closed = True
         self.flush()
         # Only undo our own redirection, so nested loggers unwind sensibly.
         if sys.stdout is self._tee_out:
@@ -350,9 +352,17 @@ class _FinalDownloadError(IOError):
     """A failure that retrying cannot fix (e.g. 404)."""
 
 
-def _download(session, url: str, out, verbose: bool) -> str:
-    """Fetch `url` into the binary file object `out`. Returns the URL to retry with
-    (changed for Google Drive confirmations) by raising, or '' on success."""
+class _RedirectDownload(IOError):
+    """Raised when the server asks for a different URL (Drive confirmation)."""
+
+    def __init__(self, url: str):
+        super().__init__("Google Drive download confirmation")
+        self.url = url
+
+
+def _download(session, url: str, out, verbose: bool) -> None:
+    """Fetch `url` into the binary file object `out`, or raise: _FinalDownloadError when
+    retrying is pointless, _RedirectDownload for a Drive confirmation, IOError otherwise."""
     import requests  # lazy: only downloads need it
 
     with session.get(url, stream=True, timeout=REQUEST_TIMEOUT) as res:
@@ -371,7 +381,9 @@ def _download(session, url: str, out, verbose: bool) -> str:
             if confirm is not None:
                 raise _RedirectDownload(confirm)
             raise IOError("server returned an HTML page instead of the file (an error or login page?)")
-        total = int(res.headers.get("Content-Length") or 0)
+        # Content-Length counts encoded bytes; iter_content yields decoded ones.
+        encoded = res.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        total = 0 if encoded else int(res.headers.get("Content-Length") or 0)
         done = 0
         last_print = 0.0
         for chunk in res.iter_content(chunk_size=1 << 20):
@@ -389,15 +401,6 @@ def _download(session, url: str, out, verbose: bool) -> str:
             raise IOError("incomplete download: {} of {} bytes".format(done, total))
         if verbose:
             _print_progress(url, done, total, end=True)
-    return ""
-
-
-class _RedirectDownload(IOError):
-    """Raised when the server asks for a different URL (Drive confirmation)."""
-
-    def __init__(self, url: str):
-        super().__init__("Google Drive download confirmation")
-        self.url = url
 
 
 def _print_progress(url: str, done: int, total: int, end: bool = False) -> None:

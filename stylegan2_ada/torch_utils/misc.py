@@ -70,14 +70,19 @@ def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[Any]) -> None:
     for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
         if ref_size is None:
             continue
-        message = "Wrong size for dimension {}: got {}, expected {}".format(idx, size, ref_size)
         if isinstance(size, torch.Tensor) or isinstance(ref_size, torch.Tensor):
+            # Traced sizes: reading them as numbers (also to format the message) warns harmlessly.
             with suppress_tracer_warnings():
-                torch._assert(torch.equal(torch.as_tensor(size), torch.as_tensor(ref_size)), message)
+                torch._assert(torch.equal(torch.as_tensor(size), torch.as_tensor(ref_size)),
+                              _size_message(idx, size, ref_size))
         elif isinstance(size, torch.SymInt) or isinstance(ref_size, torch.SymInt):
-            torch._assert(size == ref_size, message)
+            torch._assert(size == ref_size, _size_message(idx, size, ref_size))
         elif size != ref_size:
-            raise AssertionError(message)
+            raise AssertionError(_size_message(idx, size, ref_size))
+
+
+def _size_message(idx: int, size, ref_size) -> str:
+    return "Wrong size for dimension {}: got {}, expected {}".format(idx, size, ref_size)
 
 
 def profiled_function(fn):
@@ -197,6 +202,7 @@ def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] =
         raise TypeError("Expected a torch.nn.Module")
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
+    mismatched = []
     for name, tensor in named_params_and_buffers(module):
         fullname = type(module).__name__ + "." + name
         if ignore_regex is not None and re.fullmatch(ignore_regex, fullname):
@@ -208,7 +214,10 @@ def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] =
         if local.is_floating_point() or local.is_complex():
             same = same | (local.isnan() & reference.isnan())
         if not bool(same.all()):
-            raise AssertionError("DDP inconsistency: '{}' differs from rank 0".format(fullname))
+            mismatched.append(fullname)
+    # Raise only after every broadcast, so all ranks issue the same collectives.
+    if mismatched:
+        raise AssertionError("DDP inconsistency: {} differ(s) from rank 0".format(", ".join(mismatched)))
 
 
 # ----------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def _reconstruct_persistent_obj(meta: dict) -> Any:
     for hook in _import_hooks:
         result = hook(meta)
         if result is not None:
-            meta = result
+            meta = dnnlib.EasyDict(result)
 
     if meta.get("type") != "class":
         raise pickle.UnpicklingError("Unknown persistent object type {!r}".format(meta.get("type")))
@@ -185,15 +185,19 @@ def _module_to_src(module: types.ModuleType) -> str:
         _module_to_src_cache[module] = src
         # Loading a pickle whose source equals a live module's reuses that module, so that
         # copy.deepcopy(G) and an in-process reload keep the same class (isinstance holds).
-        _src_to_module_cache.setdefault(src, module)
+        _src_to_module_cache[src] = module
     return src
 
 
 def _src_to_module(src: str) -> types.ModuleType:
     """Execute `src` as a new module once per distinct source text."""
     module = _src_to_module_cache.get(src)
+    if module is not None and sys.modules.get(module.__name__) is not module:
+        module = None  # A live module that was since removed or replaced: run the source afresh.
     if module is None:
-        # A stable name: other objects in the same pickle may refer to classes of this module by name.
+        # A stable name (md5 of the source): plain objects of this module's classes pickle by reference
+        # to it, and resolve in a new process once a persistent object of the same source, earlier
+        # in the pickle, has recreated the module.
         module_name = _IMPORTED_MODULE_PREFIX + hashlib.md5(src.encode("utf-8")).hexdigest()
         module = types.ModuleType(module_name)
         module.__file__ = "<persistent source {}>".format(module_name)
@@ -220,13 +224,17 @@ _ATOMIC_TYPES = (str, bytes, bytearray, int, float, complex, bool, type(None))
 def _check_pickleable(obj: Any, root: str = "obj") -> None:
     """Raise a PicklingError naming the path (e.g. obj['kwargs'].fn) of the first value that
     cannot be pickled. Tensors and arrays are skipped: they always pickle and can be large."""
-    import numpy as np
-    import torch
-
+    # Only types of libraries already imported can occur; do not import torch just to check.
+    skip_types = list(_ATOMIC_TYPES)
+    if "torch" in sys.modules:
+        skip_types.append(sys.modules["torch"].Tensor)
+    if "numpy" in sys.modules:
+        skip_types += [sys.modules["numpy"].ndarray, sys.modules["numpy"].generic]
+    skip_types = tuple(skip_types)
     seen = set()
 
     def walk(value: Any, path: str) -> None:
-        if isinstance(value, _ATOMIC_TYPES) or isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        if isinstance(value, skip_types):
             return
         if id(value) in seen:
             return
