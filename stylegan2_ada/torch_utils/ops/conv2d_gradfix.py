@@ -1,18 +1,25 @@
 """2-D convolutions whose gradients are themselves differentiable custom ops.
 
 Why this exists: the path-length regulariser differentiates the generator with
-respect to its input latents only, and then back-propagates through that
-gradient. Inside `no_weight_gradients()` the backward pass of these ops skips
-the weight gradient entirely instead of computing and discarding it.
+respect to its latents only and then back-propagates through that gradient.
+Inside `no_weight_gradients()` the backward pass of these ops skips the weight
+gradient entirely instead of computing it and throwing it away.
 
 Why `enabled` defaults to True: on PyTorch 2.x the plain ops already support
-double backward, so the custom path is not needed for correctness. It is what
-makes `no_weight_gradients()` mean something: a custom autograd Function sees a
-static `needs_input_grad` (True for a weight that requires grad, whatever the
-caller asked for), so only our own backward can decide to skip the work. The
-custom path is pure PyTorch and runs on every device; its cost is one Python
-Function call per convolution. Set `enabled = False` to get torch's ops
-unchanged (then `no_weight_gradients()` has no effect).
+double backward, so the custom path is not needed for correctness; it is what
+makes `no_weight_gradients()` mean something, on every device (pure PyTorch,
+one Python Function call per convolution). Set `enabled = False` for torch's
+ops unchanged; `no_weight_gradients()` then has no effect.
+
+Caveat, measured on torch 2.15: a custom Function's `needs_input_grad` is
+static, so outside the context the custom path computes the weight gradient
+whenever the weight requires grad, even under `autograd.grad(out, [x])`, where
+torch's own conv asks for the input part only. So wrap every input-only
+gradient pass (path length and R1 alike) in `no_weight_gradients()`: the
+weights still get their gradient when the penalty is back-propagated outside
+it. Only do so where the conv weights are plain parameters (StyleGAN2 trains
+with non-fused modulation for this reason): a weight computed from the inputs
+being differentiated would lose that gradient path.
 """
 
 import collections
