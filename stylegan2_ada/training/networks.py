@@ -108,7 +108,7 @@ def modulated_conv2d(
                                         padding=padding, groups=batch_size, flip_weight=flip_weight)
     x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
-        x = x.add_(noise)
+        x = x.add_(noise.to(x.dtype))
     return x
 
 #----------------------------------------------------------------------------
@@ -267,6 +267,7 @@ class MappingNetwork(torch.nn.Module):
                 misc.assert_shape(z, [None, self.z_dim])
                 x = normalize_2nd_moment(z.to(torch.float32))
             if self.c_dim > 0:
+                assert c is not None, f'this network is conditional: pass c of shape [N, {self.c_dim}]'
                 misc.assert_shape(c, [None, self.c_dim])
                 y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
                 x = torch.cat([x, y], dim=1) if x is not None else y
