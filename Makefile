@@ -24,7 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_networks.py
 
 demo: $(STAMP)
-	@echo "make demo arrives with the training loop (issue 3); nothing to run yet." && false
+	DEMO_PYTHON=$(abspath $(PY)) bash scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
