@@ -200,9 +200,9 @@ def test_file_lock_serialises_builders(tmp_path):
 # Fallback: the reference path, and exactly one warning per op however often it is called.
 
 def _pretend_cuda(monkeypatch, op):
-    monkeypatch.setattr(op, '_plugin', None)
-    monkeypatch.setattr(op, '_plugin_tried', False)
-    monkeypatch.setattr(op, '_wants_cuda', lambda x, impl: impl == 'cuda')
+    monkeypatch.setattr(op._op, 'plugin', None)
+    monkeypatch.setattr(op._op, 'tried', False)
+    monkeypatch.setattr(op._op, 'wants', lambda x, impl: impl == 'cuda')
 
 
 def test_failed_build_falls_back_with_one_warning(fresh, monkeypatch):
@@ -244,7 +244,7 @@ def test_fallback_without_toolkit_in_a_fresh_process(tmp_path):
         import torch
         from torch_utils.ops import bias_act, upfirdn2d
         for op in (bias_act, upfirdn2d):  # behave as if x were on a GPU
-            op._wants_cuda = lambda x, impl: impl == 'cuda'
+            op._op.wants = lambda x, impl: impl == 'cuda'
         x = torch.randn(2, 3, 8, 8)
         f = upfirdn2d.setup_filter([1, 3, 3, 1])
         for _ in range(3):

@@ -12,7 +12,10 @@ import dnnlib
 from torch_utils import training_stats
 
 
-def test_report_returns_value_and_ignores_unmatched_names():
+def test_report_returns_value_and_ignores_unmatched_names(monkeypatch):
+    # Collectors made by earlier tests (e.g. the training loop's, regex '.*') would enable every name.
+    monkeypatch.setattr(training_stats, "_collector_regexes", [])
+    monkeypatch.setattr(training_stats, "_name_enabled", {})
     collector = training_stats.Collector(regex="TsA/.*")
     value = torch.tensor([1.0, 2.0])
     assert training_stats.report("TsA/x", value) is value

@@ -373,3 +373,36 @@ def load_op_plugin(op_name, module_name, sources, headers=None, source_dir=None,
             warnings.warn(f'{op_name}: CUDA plugin unavailable, using the slower reference path. Reason: {detail}',
                           CustomOpFallbackWarning, stacklevel=4)  # the caller of the op
         return None
+
+
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+class OpPlugin:
+    """The CUDA plugin of one op that also has a reference path.
+
+    Built (or loaded from the cache) on the first call that needs it and tried
+    only once per process, so a failed build costs one warning, not one per call.
+    """
+
+    def __init__(self, op_name, module_name, sources, headers=None, source_dir=None, **build_kwargs):
+        self.op_name = op_name
+        self.args = dict(module_name=module_name, sources=list(sources), headers=list(headers or []),
+                         source_dir=source_dir, **build_kwargs)
+        self.plugin = None
+        self.tried = False
+
+    def build(self):
+        """Build/import now; raises PluginError. Needs no GPU (used by the compile check)."""
+        return get_plugin(**self.args)
+
+    def get(self):
+        """The plugin, or None (after one warning) when it cannot be built."""
+        if not self.tried:
+            self.tried = True
+            self.plugin = load_op_plugin(self.op_name, **self.args)
+        return self.plugin
+
+    def wants(self, x, impl):
+        """Should this call try the kernel? Only for impl='cuda' on a CUDA tensor of a kernel dtype."""
+        return impl == 'cuda' and x.device.type == 'cuda' and x.dtype in KERNEL_DTYPES

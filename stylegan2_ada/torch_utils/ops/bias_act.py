@@ -51,29 +51,9 @@ activation_funcs = _Spec(
 
 # ----------------------------------------------------------------------------
 
-_PLUGIN_ARGS = dict(module_name='kdgan_bias_act', sources=['bias_act.cpp', 'bias_act.cu'],
-                    headers=['bias_act.h'], source_dir=os.path.dirname(os.path.abspath(__file__)))
-_plugin = None
-_plugin_tried = False
-_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def build_plugin():
-    """Build/import the CUDA plugin now; raises custom_ops.PluginError. Needs no GPU."""
-    return custom_ops.get_plugin(**_PLUGIN_ARGS)
-
-
-def _init():
-    """The plugin, or None (after one warning) when it cannot be built. Tried once."""
-    global _plugin, _plugin_tried
-    if not _plugin_tried:
-        _plugin_tried = True
-        _plugin = custom_ops.load_op_plugin('bias_act', **_PLUGIN_ARGS)
-    return _plugin
-
-
-def _wants_cuda(x, impl):
-    return impl == 'cuda' and x.device.type == 'cuda' and x.dtype in _KERNEL_DTYPES
+_op = custom_ops.OpPlugin('bias_act', module_name='kdgan_bias_act', sources=['bias_act.cpp', 'bias_act.cu'],
+                          headers=['bias_act.h'], source_dir=os.path.dirname(os.path.abspath(__file__)))
+build_plugin = _op.build  # build/import now (compile check); raises custom_ops.PluginError
 
 
 # ----------------------------------------------------------------------------
@@ -95,8 +75,8 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
         assert isinstance(b, torch.Tensor) and b.ndim == 1
         assert 0 <= dim < x.ndim and b.shape[0] == x.shape[dim]
         b = b.to(x.dtype)
-    if _wants_cuda(x, impl):
-        plugin = _init()
+    if _op.wants(x, impl):
+        plugin = _op.get()
         if plugin is not None:
             return _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp)
     return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)

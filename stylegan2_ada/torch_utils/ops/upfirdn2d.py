@@ -15,29 +15,9 @@ import torch.nn.functional as F
 
 from .. import custom_ops
 
-_PLUGIN_ARGS = dict(module_name='kdgan_upfirdn2d', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
-                    headers=['upfirdn2d.h'], source_dir=os.path.dirname(os.path.abspath(__file__)))
-_plugin = None
-_plugin_tried = False
-_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def build_plugin():
-    """Build/import the CUDA plugin now; raises custom_ops.PluginError. Needs no GPU."""
-    return custom_ops.get_plugin(**_PLUGIN_ARGS)
-
-
-def _init():
-    """The plugin, or None (after one warning) when it cannot be built. Tried once."""
-    global _plugin, _plugin_tried
-    if not _plugin_tried:
-        _plugin_tried = True
-        _plugin = custom_ops.load_op_plugin('upfirdn2d', **_PLUGIN_ARGS)
-    return _plugin
-
-
-def _wants_cuda(x, impl):
-    return impl == 'cuda' and x.device.type == 'cuda' and x.dtype in _KERNEL_DTYPES
+_op = custom_ops.OpPlugin('upfirdn2d', module_name='kdgan_upfirdn2d', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
+                          headers=['upfirdn2d.h'], source_dir=os.path.dirname(os.path.abspath(__file__)))
+build_plugin = _op.build  # build/import now (compile check); raises custom_ops.PluginError
 
 
 # ----------------------------------------------------------------------------
@@ -107,8 +87,8 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1, impl='cu
     assert isinstance(x, torch.Tensor) and x.ndim == 4
     assert impl in ('ref', 'cuda')
     up, down, padding = _parse_scaling(up), _parse_scaling(down), _parse_padding(padding)
-    if _wants_cuda(x, impl) and (f is None or not f.requires_grad):
-        plugin = _init()
+    if _op.wants(x, impl) and (f is None or not f.requires_grad):
+        plugin = _op.get()
         if plugin is not None:
             return _upfirdn2d_cuda(plugin, x, f, up, down, padding, flip_filter, gain)
     return _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain)
