@@ -10,6 +10,17 @@ if HARNESS not in sys.path:
 
 import pytest  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n N` every worker is one process: one intra-op thread each keeps
+    # N workers from oversubscribing the cores (on 2 cores, two threads per worker
+    # made small ops 5-10x slower).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except Exception:  # torch missing: the import errors speak elsewhere
+        pass
+
 
 def pytest_collection_modifyitems(config, items):
     """Skip `cuda` tests cleanly on machines without a CUDA device."""
