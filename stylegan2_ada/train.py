@@ -12,33 +12,43 @@ Examples:
     # Show what the options resolve to (built-in table and plug-in presets) without training.
     python train.py --outdir=runs --data=obama.zip --cfg=paper256 --dry-run
 
+    # FastGAN + DiffAugment with KD-DLGAN's AGKD and CGKD (teacher: CLIP ViT-B-32:openai).
+    python train.py --outdir=runs --data=obama.zip --cfg=fastgan --aug=diffaug --loss=kdgan.KDDLGAN --mirror=1
+
 `--cfg`, `--loss` and `--aug` take the built-in names below or a name
-registered in `kdgan_plugins.registry` (modules that register presets can be
-listed in $KDGAN_PLUGINS). Explicit flags win over preset defaults.
+registered in `kdgan_plugins.registry`: the kdgan presets
+(`kdgan_plugins.presets`) are always loaded, and modules that register more
+can be listed in $KDGAN_PLUGINS. Explicit flags win over preset defaults.
 
 \b
---cfg    auto (default), stylegan2, paper256, paper512, paper1024, cifar
---loss   stylegan2 (the default of every built-in cfg)
---aug    ada (default), noaug, fixed (needs --p)
+--cfg    auto (default), stylegan2, paper256, paper512, paper1024, cifar; fastgan, fastgan_lite
+--loss   stylegan2 (the default of every built-in cfg); fastgan; kdgan.AGKD, kdgan.CGKD, kdgan.KDDLGAN
+--aug    ada (default), noaug, fixed (needs --p); diffaug
+
+Start-up order: option and metric names are checked and the metric
+detectors resolved before torch is even imported (an offline machine
+without the detector file gets one line naming it within seconds); the
+files the loss needs (the LPIPS VGG16 of --recon=lpips, the CLIP teacher)
+are resolved right after, before the run folder is made.
 """
 
 import copy
-import importlib
-import importlib.util
 import json
+import logging
 import os
 import re
 import sys
 import tempfile
 
 import click
-import torch
 
 import dnnlib
 from training import cfg_specs as cfg_lib
 from training import shapes as shapes_lib
-from training.augment import augpipe_specs
-from training.dataset import DatasetError
+
+# torch (and everything that imports it: the data set, the augment pipe, the
+# networks) is imported where it is needed, after the metric names and their
+# detector files have been checked: importing torch alone takes seconds.
 
 #----------------------------------------------------------------------------
 # Upstream's named `--resume` sources: network pickles that NVIDIA published
@@ -54,29 +64,30 @@ resume_specs = {
 }
 
 BUILTIN_LOSS = 'stylegan2'
+CPU_GRID_CELLS = 8  # Image grids on the CPU: at most 8 x 8 cells (upstream's 32 x 32 costs seconds per snapshot).
 BUILTIN_AUGS = ('ada', 'noaug', 'fixed')
 DEFAULT_ADA_TARGET = 0.6
 DEFAULT_AUGPIPE = 'bgc'
+# The names of training.augment.augpipe_specs, listed here so that `--help` and option
+# parsing need no torch (tests/test_train_cli.py checks that the two agree).
+AUGPIPE_NAMES = ('blit', 'geom', 'color', 'filter', 'noise', 'cutout', 'bg', 'bgc', 'bgcf', 'bgcfn', 'bgcfnc')
 
 #----------------------------------------------------------------------------
-# Metrics: the one place that knows whether the metrics suite exists.
+# Metrics: names and detector files, checked first (no torch needed).
 
-def check_metrics(metrics):
-    """Validate metric names; returns the list. Raises click.UsageError."""
+def check_metrics(metrics, detector_dir=None, check_files=True):
+    """Validate metric names and, with `check_files`, resolve the detector files they need
+    (metric_main.validate_metrics: explicit folder, $KDGAN_DETECTOR_DIR, cache, a quick
+    download). Returns the list. Raises click.UsageError for an unknown name and a
+    one-line click.ClickException for a detector that can be neither found nor fetched.
+    Imports no torch, so an offline user hears about a missing file within seconds."""
+    from metrics import detectors, metric_main  # pylint: disable=import-outside-toplevel
     try:
-        found = importlib.util.find_spec('metrics.metric_main') is not None
-    except ModuleNotFoundError:  # no `metrics` package at all
-        found = False
-    metric_main = importlib.import_module('metrics.metric_main') if found else None
-    if metric_main is None:
-        if metrics:
-            raise click.UsageError('the metrics suite is not installed in this tree yet; use --metrics=none')
-        return []
-    bad = [m for m in metrics if not metric_main.is_valid_metric(m)]
-    if bad:
-        raise click.UsageError(f'--metrics: unknown metric(s) {", ".join(bad)}; valid: '
-                               + ', '.join(['none'] + list(metric_main.list_valid_metrics())))
-    return list(metrics)
+        return metric_main.validate_metrics(list(metrics), detector_dir=detector_dir, check_files=check_files)
+    except detectors.AssetUnavailableError as err:
+        raise click.ClickException(str(err))
+    except ValueError as err:
+        raise click.UsageError(f'--metrics: {err}; or none')
 
 #----------------------------------------------------------------------------
 # Plug-in registry (optional: an upstream tree without kdgan_plugins has none).
@@ -95,10 +106,27 @@ def load_registry():
         sys.path.append(root)
         from kdgan_plugins import registry  # pylint: disable=import-outside-toplevel
     try:
+        # The kdgan presets are part of the project: registered on every start (register_all is
+        # idempotent, so they are back even if something unregistered them), then $KDGAN_PLUGINS.
+        presets = load_presets()
+        if presets is not None:
+            presets.register_all()
         registry.load_plugins()
     except ImportError as err:
         raise click.ClickException(str(err))
     return registry
+
+
+def load_presets():
+    """`kdgan_plugins.presets` (loop_options, apply_loss_preset, cli_patch), or None in a tree
+    whose kdgan_plugins has only the registry."""
+    try:
+        from kdgan_plugins import presets  # pylint: disable=import-outside-toplevel
+    except ModuleNotFoundError as err:
+        if err.name != 'kdgan_plugins.presets':
+            raise
+        return None
+    return presets
 
 
 def _known(kind, builtins, registry):
@@ -139,6 +167,7 @@ def materialize_data(data, dry_run):
 
 
 def open_dataset(training_set_kwargs):
+    from training.dataset import DatasetError  # pylint: disable=import-outside-toplevel
     try:
         return dnnlib.util.construct_class_by_name(**training_set_kwargs)
     except DatasetError as err:
@@ -213,7 +242,10 @@ def setup_training_loop_kwargs(
     gpus=1, snap=50, metrics=('fid50k_full',), seed=0, data=None, cond=None, subset=None, mirror=None,
     cfg='auto', gamma=None, kimg=None, batch=None, aug=None, p=None, target=None, augpipe=None, resume=None,
     freezed=0, fp32=None, nhwc=None, nobench=None, allow_tf32=None, workers=3, device='auto', tick=4,
-    loss=None, cbase=None, cmax=None, map_depth=None, mbstd_group=None, dry_run=False,
+    loss=None, cbase=None, cmax=None, map_depth=None, mbstd_group=None, dry_run=False, ngf=None, ndf=None,
+    grid=None, ema=None, detector_dir=None, teacher=None, teacher_weights=None, teacher_config=None, teacher_dir=None,
+    kd_p=None, kd_agkd_weight=None, kd_cgkd_weight=None, kd_dist=None, kd_labels=None, kd_template=None,
+    kd_diversity=None, recon=None, recon_weight=None,
 ):
     """Resolve the command line into (desc, args, resolved, summary, cleanup).
 
@@ -225,13 +257,23 @@ def setup_training_loop_kwargs(
 
     Precedence, lowest first: the built-in table row; the cfg, loss and aug
     presets' defaults; the sections those values build, patched by the cfg,
-    loss and aug presets (kdgan_plugins.registry.apply); explicit flags.
+    loss and aug presets (kdgan_plugins.registry.apply; loss presets through
+    kdgan_plugins.presets.apply_loss_preset, which wraps the cfg's D where a
+    preset asks for it); explicit flags (the --teacher/--kd-*/--recon ones
+    through kdgan_plugins.presets.cli_patch).
+
+    The metric names and detector files are checked first, before torch is
+    imported (detector files only when not `dry_run`).
     """
     E = dnnlib.EasyDict
     args = E()
-    registry = load_registry()
     kimg = _whole(kimg)
     tick = _whole(tick)
+
+    # Metrics first: a missing detector is reported before anything slow happens.
+    args.metrics = check_metrics(list(metrics), detector_dir=detector_dir, check_files=not dry_run)
+    registry = load_registry()
+    import torch  # pylint: disable=import-outside-toplevel
 
     # General options.
     if not (isinstance(gpus, int) and gpus >= 1):
@@ -253,8 +295,13 @@ def setup_training_loop_kwargs(
     if not tick > 0:
         raise click.BadParameter('must be positive (kimg per tick)', param_hint="'--tick'")
     args.kimg_per_tick = tick
-    args.metrics = check_metrics(list(metrics))
     args.random_seed = seed
+    if grid is None:
+        grid = CPU_GRID_CELLS if device == 'cpu' else None
+    if grid is not None:
+        if grid < 1:
+            raise click.BadParameter('must be at least 1', param_hint="'--grid'")
+        args.grid_max_cells = int(grid)
 
     # Data.
     if data is None:
@@ -274,6 +321,7 @@ def setup_training_loop_kwargs(
         num_images = len(training_set)
         has_labels = training_set.has_labels
         label_dim = training_set.label_dim if has_labels else 0
+        class_names = getattr(training_set, 'class_names', None)
         res = training_set.resolution
     finally:
         training_set.close()
@@ -335,6 +383,10 @@ def setup_training_loop_kwargs(
         spec.mbstd = mbstd_group
     if cbase is not None:
         spec.fmaps = cbase / 32768
+    if ema is not None:
+        if not ema > 0:
+            raise click.BadParameter('must be positive (kimg)', param_hint="'--ema'")
+        spec.ema = ema
 
     desc += f'-{cfg}'
     if gamma is not None:
@@ -382,12 +434,18 @@ def setup_training_loop_kwargs(
     args.D_opt_kwargs = sections.D_opt_kwargs
     args.loss_kwargs = sections.loss_kwargs
     args.augment_kwargs = None
+    presets = load_presets() if registry is not None else None
     if cfg_source == 'plugin':
         registry.apply('cfg', cfg, args)
+        if presets is not None:
+            args.update(presets.loop_options(cfg))  # e.g. FastGAN: no lazy regularisation
         if loss_source == 'builtin' and cfg_preset.get('loss', BUILTIN_LOSS) != BUILTIN_LOSS:
             args.loss_kwargs = copy.deepcopy(sections.loss_kwargs)  # --loss=stylegan2 on a cfg with another loss
     if loss_source == 'plugin':
-        registry.apply('loss', loss, args)
+        if presets is not None:
+            presets.apply_loss_preset(loss, args)  # kdgan.* wrap whatever D the cfg chose
+        else:
+            registry.apply('loss', loss, args)
 
     # Augmentation.
     aug_defaults = aug_preset.get('defaults', {})
@@ -418,12 +476,16 @@ def setup_training_loop_kwargs(
         desc += f'-target{target:g}'
         args.ada_target = target
     if augpipe is not None:
+        if augpipe not in AUGPIPE_NAMES:
+            raise click.BadParameter(f'{augpipe!r} is not one of {", ".join(AUGPIPE_NAMES)}',
+                                     param_hint="'--augpipe'")
         if aug not in ('ada', 'fixed'):
             raise click.UsageError(f'--augpipe chooses the ADA pipe; it does not apply to --aug={aug}')
         desc += f'-{augpipe}'
     else:
         augpipe = DEFAULT_AUGPIPE
     if aug in ('ada', 'fixed'):
+        from training.augment import augpipe_specs  # pylint: disable=import-outside-toplevel
         args.augment_kwargs = E(class_name='training.augment.AugmentPipe', **augpipe_specs[augpipe])
     if aug_source == 'plugin':
         args.augment_kwargs = args.augment_kwargs or E()
@@ -457,6 +519,23 @@ def setup_training_loop_kwargs(
         put('loss_kwargs', ['r1_gamma'], gamma)
     if freezed:
         put('D_kwargs', ['block_kwargs', 'freeze_layers'], freezed)
+    # Capacity: StyleGAN2-style networks take --cbase/--cmax (and --map-depth); a cfg whose
+    # G names `ngf` (FastGAN) takes --ngf/--ndf instead. Which applies is read off the preset's data.
+    width_cfg = 'ngf' in (args.G_kwargs or {})
+    for flag, value in (('--cbase', cbase), ('--cmax', cmax), ('--map-depth', map_depth)):
+        if value is not None and width_cfg:
+            raise click.UsageError(f'{flag} sets StyleGAN2 capacity; --cfg={cfg} sizes its networks by '
+                                   f'ngf/ndf (use --ngf/--ndf)' + (', and has no mapping network'
+                                                                   if flag == '--map-depth' else ''))
+    for flag, value, section in (('--ngf', ngf, 'G_kwargs'), ('--ndf', ndf, 'D_kwargs')):
+        if value is None:
+            continue
+        if not width_cfg or flag[2:] not in (args[section] or {}):
+            raise click.UsageError(f'{flag} applies to cfgs whose networks take {flag[2:]} (--cfg=fastgan, '
+                                   f'fastgan_lite); for --cfg={cfg} use --cbase/--cmax')
+        if value < 1:
+            raise click.BadParameter('must be positive', param_hint=f"'{flag}'")
+        put(section, [flag[2:]], int(value))
     if cbase is not None:
         put('G_kwargs', ['synthesis_kwargs', 'channel_base'], int(cbase))
         put('D_kwargs', ['channel_base'], int(cbase))
@@ -475,6 +554,23 @@ def setup_training_loop_kwargs(
     if nhwc:
         put('G_kwargs', ['synthesis_kwargs', 'fp16_channels_last'], True)
         put('D_kwargs', ['block_kwargs', 'fp16_channels_last'], True)
+    plugin_opts = dict(teacher=teacher, teacher_weights=teacher_weights, teacher_config=teacher_config,
+                       teacher_dir=teacher_dir, kd_p=kd_p, kd_agkd_weight=kd_agkd_weight,
+                       kd_cgkd_weight=kd_cgkd_weight, kd_dist=kd_dist, kd_labels=kd_labels, kd_template=kd_template,
+                       kd_diversity=kd_diversity, recon=recon, recon_weight=recon_weight)
+    if presets is not None:
+        try:
+            patch = presets.cli_patch(args, class_names=class_names, detector_dir=detector_dir, seed=seed,
+                                      **plugin_opts)
+        except ValueError as err:
+            raise click.UsageError(str(err))
+        for section, value in patch.items():
+            registry.deep_merge(explicit.setdefault(section, {}), value)
+    else:
+        given = [k for k, v in plugin_opts.items() if v is not None]
+        if given:
+            raise click.UsageError('--' + given[0].replace('_', '-') + ' needs kdgan_plugins.presets, which is not '
+                                   'installed in this tree')
     _merge_explicit(registry, args, explicit)
 
     args.cudnn_benchmark = not nobench
@@ -487,7 +583,10 @@ def setup_training_loop_kwargs(
                  table={k: spec[k] for k in ('ref_gpus', 'kimg', 'mb', 'mbstd', 'fmaps', 'lrate', 'gamma', 'ema',
                                              'ramp', 'map')}),
         loss=dict(name=loss, source=_source_text(loss_source, 'training.loss'),
-                  class_name=(args.loss_kwargs or {}).get('class_name')),
+                  class_name=(args.loss_kwargs or {}).get('class_name'),
+                  terms=_term_summary(args.loss_kwargs)),
+        D=dict(class_name=(args.D_kwargs or {}).get('class_name'),
+               backbone_class_name=(args.D_kwargs or {}).get('backbone_class_name')),
         aug=dict(name=aug, source=_source_text(aug_source, 'training.augment.augpipe_specs'),
                  class_name=(args.augment_kwargs or {}).get('class_name'), adaptive=adaptive,
                  augpipe=(augpipe if aug in ('ada', 'fixed') else None)),
@@ -505,6 +604,18 @@ def setup_training_loop_kwargs(
                                         'networks only: ada_kimg=100, ema_rampup=None (as upstream)'))
     summary = dict(data=data, num_images=num_images, resolution=res, labels=label_dim)
     return desc, args, resolved, summary, cleanup
+
+
+def _term_summary(loss_kwargs):
+    """{term name: class_name (kind)} of the loss' composable terms, for the summary."""
+    terms = (loss_kwargs or {}).get('terms') or {}
+    items = terms.items() if isinstance(terms, dict) else [(t.get('name'), t) for t in terms if isinstance(t, dict)]
+    out = {}
+    for name, spec in items:
+        if isinstance(spec, dict) and spec.get('class_name'):
+            extra = spec.get('kind') or spec.get('dist')
+            out[str(name)] = spec['class_name'].rsplit('.', 1)[-1] + (f' ({extra})' if extra else '')
+    return out
 
 
 def _whole(x):
@@ -565,15 +676,37 @@ def predict_run_dir(outdir, desc):
 #----------------------------------------------------------------------------
 # Launch.
 
+
+class _ConsoleLogHandler(logging.Handler):
+    """Plug-in log records (logger 'kdgan', e.g. the random-teacher warning) on the console of
+    the moment: the current sys.stderr, which dnnlib.util.Logger tees into log.txt."""
+
+    def emit(self, record):
+        try:
+            sys.stderr.write(f'{record.levelname.capitalize()}: {self.format(record)}\n')
+        except Exception:  # pylint: disable=broad-except
+            self.handleError(record)
+
+
+def show_plugin_logs():
+    """Route the plug-ins' log records (INFO and up) to the console and log.txt (idempotent)."""
+    log = logging.getLogger('kdgan')
+    if not any(isinstance(h, _ConsoleLogHandler) for h in log.handlers):
+        log.addHandler(_ConsoleLogHandler())
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+
 def subprocess_fn(rank, args, temp_dir):
     """Run the loop in this process as `rank`. Spawned ranks log to log.txt themselves."""
     # pylint: disable=import-outside-toplevel
+    import torch
     from torch_utils import custom_ops, training_stats
     from training import training_loop
 
     logger = None
     if args.num_gpus > 1:
         logger = dnnlib.util.Logger(file_name=os.path.join(args.run_dir, 'log.txt'), file_mode='a', should_flush=True)
+    show_plugin_logs()
     try:
         on_cuda = (args.device == 'cuda')
         device = torch.device('cuda', rank) if on_cuda else torch.device('cpu')
@@ -602,12 +735,32 @@ def launch(args):
     if args.num_gpus == 1:
         subprocess_fn(rank=0, args=args, temp_dir=None)
         return
+    import torch  # pylint: disable=import-outside-toplevel
     # The ranks meet through a file in a temporary folder inside the run folder (removed afterwards).
     with tempfile.TemporaryDirectory(prefix='.dist-', dir=args.run_dir) as temp_dir:
         torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
 
 #----------------------------------------------------------------------------
 # Command line.
+
+def check_loss_assets(loss_kwargs, detector_dir=None):
+    """Resolve the files the loss will need (LPIPS VGG16 for --recon=lpips, the KD teacher's
+    weights) before anything trains; one-line click.ClickException when one is missing.
+    Returns lines for the log ([] for losses without plug-in terms)."""
+    if not (loss_kwargs or {}).get('terms') and not str((loss_kwargs or {}).get('class_name', '')).startswith(
+            'kdgan_plugins.'):
+        return []
+    try:
+        from kdgan_plugins import losses  # pylint: disable=import-outside-toplevel
+    except ModuleNotFoundError as err:
+        if err.name not in ('kdgan_plugins', 'kdgan_plugins.losses'):
+            raise
+        return []
+    try:
+        return list(losses.check_assets(loss_kwargs, detector_dir=detector_dir))
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err).strip().splitlines()[0] if str(err).strip() else repr(err))
+
 
 def _metrics_option(ctx, param, value):
     items = [x.strip() for x in value.split(',') if x.strip()] if value else []
@@ -633,6 +786,15 @@ def print_summary(args, resolved, summary):
     print(f'Training duration:  {args.total_kimg} kimg, {args.kimg_per_tick} kimg per tick, '
           f'snapshots every {args.network_snapshot_ticks} ticks')
     print(f'Device:             {args.device} x {args.num_gpus}')
+    if resolved['loss'].get('terms'):
+        print(f'Loss terms:         ' + ', '.join(f'{k}: {v}' for k, v in resolved['loss']['terms'].items()))
+    teacher = (args.loss_kwargs or {}).get('teacher')
+    if teacher:
+        print(f'Teacher:            {teacher.get("spec")}' + (f', weights {teacher["weights"]}' if teacher.get('weights')
+                                                              else '') + (f', config {teacher["config"]}'
+                                                                          if teacher.get('config') else ''))
+    if resolved['D'].get('backbone_class_name'):
+        print(f'Discriminator:      {resolved["D"]["class_name"]} around {resolved["D"]["backbone_class_name"]}')
     print(f'Metrics:            {", ".join(args.metrics) if args.metrics else "none"}')
     if args.resume_pkl:
         print(f'Resume from:        {args.resume_pkl} ({resolved["resume"]["note"]})')
@@ -669,7 +831,7 @@ def print_summary(args, resolved, summary):
               metavar='NAME')
 @click.option('--p', help='Augmentation probability for --aug=fixed', type=float)
 @click.option('--target', help='ADA target value for --aug=ada [default: 0.6]', type=float)
-@click.option('--augpipe', help='Augmentation pipeline [default: bgc]', type=click.Choice(sorted(augpipe_specs)))
+@click.option('--augpipe', help='Augmentation pipeline [default: bgc]', type=click.Choice(sorted(AUGPIPE_NAMES)))
 # Transfer learning.
 @click.option('--resume', help='Resume from network pickle, checkpoint, run folder, URL or '
               + '|'.join(resume_specs) + ' [default: noresume]', metavar='PKL')
@@ -691,6 +853,30 @@ def print_summary(args, resolved, summary):
 @click.option('--map-depth', help='Override the number of mapping layers', type=click.IntRange(min=1), metavar='INT')
 @click.option('--mbstd-group', help='Override the minibatch-stddev group size', type=click.IntRange(min=1),
               metavar='INT')
+@click.option('--ngf', help='Override the generator width of ngf/ndf cfgs (FastGAN: 64)', type=int, metavar='INT')
+@click.option('--ndf', help='Override the discriminator width of ngf/ndf cfgs (FastGAN: 64)', type=int, metavar='INT')
+@click.option('--ema', help="Override the G_ema half-life in kimg [default: the cfg's]", type=float, metavar='KIMG')
+@click.option('--grid', help='Image grids: at most this many cells per side [default: 32; 8 on the CPU]',
+              type=click.IntRange(min=1), metavar='INT')
+@click.option('--detector-dir', help='Folder with metric/LPIPS detector files (else $KDGAN_DETECTOR_DIR, cache, '
+              'download)', metavar='DIR')
+# Plug-in losses: KD-DLGAN (--loss=kdgan.*) and FastGAN's reconstruction.
+@click.option('--teacher', help='KD teacher: open_clip MODEL:TAG, or random:MODEL for smoke tests '
+              '[default: ViT-B-32:openai]', metavar='SPEC')
+@click.option('--teacher-weights', help='KD teacher weights file (open_clip checkpoint)', metavar='PATH')
+@click.option('--teacher-config', help='KD teacher architecture: an open_clip model config JSON', metavar='PATH')
+@click.option('--teacher-dir', help='Folder with teacher weight files (else $KDGAN_TEACHER_DIR, cache, download)',
+              metavar='DIR')
+@click.option('--kd-p', help='AGKD: probability of the aggregated cross terms [default: 0.7]', type=float)
+@click.option('--kd-agkd-weight', help='AGKD weight [default: 10]', type=float)
+@click.option('--kd-cgkd-weight', help='CGKD weight [default: 10]', type=float)
+@click.option('--kd-dist', help='KD distance [default: the term\'s own]', type=click.Choice(['l2', 'l1', 'mse']))
+@click.option('--kd-labels', help='Prompt labels: auto, a comma list, or a file [default: auto]', metavar='LABELS')
+@click.option('--kd-template', help='Prompt template [default: "A photo of a {label}"]', metavar='TEXT')
+@click.option('--kd-diversity', help='CGKD generator-side diversity weight [default: 0]', type=float)
+@click.option('--recon', help='FastGAN D reconstruction loss [default: lpips]',
+              type=click.Choice(['lpips', 'mse', 'l1', 'none']))
+@click.option('--recon-weight', help='Reconstruction weight [default: 1]', type=float)
 def main(ctx, outdir, dry_run, **config_kwargs):
     """Train a GAN using the techniques described in "Training Generative
     Adversarial Networks with Limited Data" (StyleGAN2-ADA), with kdgan's
@@ -706,6 +892,12 @@ def main(ctx, outdir, dry_run, **config_kwargs):
     for key in ('cbase', 'cmax'):
         if config_kwargs[key] is not None and config_kwargs[key] < 1:
             raise click.BadParameter('must be positive', param_hint=f"'--{key}'")
+    detector_dir = config_kwargs['detector_dir']
+    if detector_dir is not None:
+        detector_dir = os.path.abspath(os.path.expanduser(detector_dir))
+        config_kwargs['detector_dir'] = detector_dir
+        from metrics import detectors  # pylint: disable=import-outside-toplevel
+        os.environ[detectors.DEFAULT_ENV_VAR] = detector_dir  # Spawned ranks and the loop inherit it.
     desc, args, resolved, summary, cleanup = setup_training_loop_kwargs(dry_run=dry_run, **config_kwargs)
     try:
         if dry_run:
@@ -723,10 +915,14 @@ def main(ctx, outdir, dry_run, **config_kwargs):
         if cleanup is not None:
             cleanup.cleanup()
 
+    show_plugin_logs()
+    asset_lines = check_loss_assets(args.loss_kwargs, detector_dir)
     args.run_dir = make_run_dir(outdir, desc)
     logger = dnnlib.util.Logger(file_name=os.path.join(args.run_dir, 'log.txt'), file_mode='a', should_flush=True)
     try:
         print_summary(args, resolved, summary)
+        for line in asset_lines:
+            print(f'Asset:              {line}')
         with open(os.path.join(args.run_dir, 'training_options.json'), 'wt', encoding='utf-8') as f:
             json.dump(args, f, indent=2)
         print('Launching processes...')

@@ -522,3 +522,88 @@ def test_two_process_run_with_third_party_preset(tmp_path):
     assert any(f.startswith('network-snapshot-') for f in files)
     log = (run_dir / 'log.txt').read_text()
     assert log.count('Training for 0.008 kimg') == 1  # rank 1 prints nothing
+
+
+# ----------------------------------------------------------------------------
+# Start-up checks before anything slow (issue 4: detector files; the loss' assets)
+
+
+def test_augpipe_names_match_the_augment_module():
+    from training.augment import augpipe_specs
+    assert sorted(train.AUGPIPE_NAMES) == sorted(augpipe_specs)
+
+
+def test_importing_train_imports_no_torch():
+    """The metric check runs before torch is imported (torch alone takes seconds here)."""
+    code = 'import sys, train; assert "torch" not in sys.modules, "train.py imports torch at module level"'
+    proc = subprocess.run([sys.executable, '-c', code], cwd=HARNESS, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _dead_proxy_env(tmp_path):
+    """An environment with an empty cache, no detector folder and every proxy pointing at a closed
+    local port, so that no download can be attempted beyond one refused connection."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    dead = f'http://127.0.0.1:{port}'
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ('NO_PROXY', 'KDGAN_DETECTOR_DIR',
+                                                                   'KDGAN_TEACHER_DIR')}
+    env.update(DNNLIB_CACHE_DIR=str(tmp_path / 'empty-cache'), HTTP_PROXY=dead, HTTPS_PROXY=dead, http_proxy=dead,
+               https_proxy=dead, ALL_PROXY=dead, all_proxy=dead, OMP_NUM_THREADS='1')
+    return env
+
+
+def test_missing_detector_fails_fast_before_training(tmp_path):
+    """No detector file and no network: --metrics=fid50k_full fails in under 5 seconds, before any
+    training (no run folder), with one line naming the file and how to supply it."""
+    env = _dead_proxy_env(tmp_path)
+    cmd = [sys.executable, 'train.py', '--outdir', str(tmp_path / 'runs'), '--data=builtin:shapes-16',
+           '--device=cpu', '--metrics=fid50k_full', '--kimg=1']
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=HARNESS, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.time() - start
+    print(f'offline detector failure after {elapsed:.2f} s')
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert elapsed < 5, f'took {elapsed:.1f} s'
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith('Error: Missing'), err
+    for phrase in ('inception-2015-12-05.pt', '--detector-dir', 'KDGAN_DETECTOR_DIR'):
+        assert phrase in err, err
+    assert not os.path.exists(tmp_path / 'runs') and 'Training for' not in proc.stdout
+    # --metrics=none is not affected (a dry run here; the tiny run above trains with it).
+    cmd[cmd.index('--metrics=fid50k_full')] = '--metrics=none'
+    proc = subprocess.run(cmd + ['--dry-run'], cwd=HARNESS, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_missing_lpips_detector_fails_before_training(tmp_path):
+    """--cfg=fastgan's default --recon=lpips needs VGG16: refused before the run folder exists."""
+    env = _dead_proxy_env(tmp_path)
+    data = make_folder(tmp_path / 'd64', 64, n=2)
+    cmd = [sys.executable, 'train.py', '--outdir', str(tmp_path / 'runs'), '--data', data,
+           '--device=cpu', '--metrics=none', '--cfg=fastgan', '--kimg=1']
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=HARNESS, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.time() - start
+    print(f'offline LPIPS failure after {elapsed:.2f} s')
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert 'vgg16.pt' in proc.stderr and '--detector-dir' in proc.stderr, proc.stderr
+    assert not os.path.exists(tmp_path / 'runs') and elapsed < 30
+
+
+def test_detector_dir_is_used_and_exported(tmp_path, data32, monkeypatch):
+    folder = tmp_path / 'detectors'
+    folder.mkdir()
+    (folder / 'inception-2015-12-05.pt').write_bytes(b'a stand-in: only its presence is checked here')
+    monkeypatch.setenv('KDGAN_DETECTOR_DIR', str(tmp_path / 'elsewhere'))  # restored after the test
+    assert train.check_metrics(['fid50k_full', 'kid50k_full'], detector_dir=str(folder)) == ['fid50k_full',
+                                                                                            'kid50k_full']
+    with pytest.raises(Exception) as info:
+        train.check_metrics(['no_such_metric'])
+    assert 'no_such_metric' in str(info.value.format_message())
+    result = invoke('--outdir', tmp_path / 'runs', '--data', data32, '--device=cpu', '-n',
+                    '--detector-dir', folder)
+    assert result.exit_code == 0, result.output
+    assert os.environ['KDGAN_DETECTOR_DIR'] == str(folder)  # spawned ranks and the loop inherit it

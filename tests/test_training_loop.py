@@ -9,10 +9,10 @@ import pickle
 import numpy as np
 import PIL.Image
 import pytest
-import scipy.linalg
 import torch
 
 import dnnlib
+from helpers import fake_features, frechet_distance, pixel_features
 from training import checkpoint, dataset, shapes, training_loop
 
 E = dnnlib.EasyDict
@@ -71,26 +71,7 @@ def latest_ckpt(run_dir):
 
 
 # ----------------------------------------------------------------------------
-# Pixel-space Frechet distance (criterion 3).
-
-def pixel_features(images):
-    """[N, C, H, W] in [-1, 1] -> 8x8 box-downsampled pixels, float64 [N, C*64]."""
-    x = torch.as_tensor(np.asarray(images), dtype=torch.float64)
-    return torch.nn.functional.avg_pool2d(x, x.shape[-1] // 8).flatten(1).numpy()
-
-
-def frechet_distance(a, b):
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
-    return float(np.square(mu_a - mu_b).sum() + np.trace(cov_a + cov_b - 2 * root))
-
-
-def fake_features(G, num=256, seed=123):
-    z = torch.randn([num, G.z_dim], generator=torch.Generator().manual_seed(seed))
-    c = torch.zeros([num, G.c_dim])
-    with torch.no_grad():
-        return pixel_features(G(z, c, noise_mode='const'))
+# Pixel-space Frechet distance (criterion 3): tests/helpers.py.
 
 
 @pytest.mark.slow

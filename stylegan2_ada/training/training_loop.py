@@ -41,13 +41,13 @@ from training import checkpoint as ckpt_io
 
 def setup_snapshot_image_grid(training_set, random_seed=0, max_width=7680, max_height=4320, max_cells=32):
     """Pick the reals shown in `reals.png`: as many cells as fit in a max_width x
-    max_height picture (at least 7 x 4, at most max_cells per side). With labels,
+    max_height picture (at least 7 x 4 unless max_cells is smaller, at most max_cells per side). With labels,
     each row holds one class (classes cycle down the rows). Returns
     ((grid_w, grid_h), images uint8 NCHW, labels)."""
     rnd = np.random.RandomState(random_seed)
     res_h, res_w = training_set.image_shape[1], training_set.image_shape[2]
-    grid_w = int(np.clip(max_width // res_w, 7, max_cells))
-    grid_h = int(np.clip(max_height // res_h, 4, max_cells))
+    grid_w = int(np.clip(max_width // res_w, min(7, max_cells), max_cells))
+    grid_h = int(np.clip(max_height // res_h, min(4, max_cells), max_cells))
     num = len(training_set)
 
     if not training_set.has_labels:
@@ -184,6 +184,7 @@ def training_loop(
     total_kimg=25000,           # Length of training.
     kimg_per_tick=4,            # Progress snapshot interval.
     image_snapshot_ticks=50,    # Ticks between image grids (None = off).
+    grid_max_cells=32,          # Our extension: at most this many cells per side of the image grids.
     network_snapshot_ticks=50,  # Ticks between network snapshots (None = off).
     resume_pkl=None,            # Snapshot .pkl / .ckpt.pt / run folder / URL to resume from.
     cudnn_benchmark=True,       # torch.backends.cudnn.benchmark.
@@ -375,7 +376,8 @@ def training_loop(
     grid_size = grid_z = grid_c = None
     if rank == 0 and image_snapshot_ticks is not None:
         print('Exporting sample images...')
-        grid_size, images, labels = setup_snapshot_image_grid(training_set, random_seed=random_seed)
+        grid_size, images, labels = setup_snapshot_image_grid(training_set, random_seed=random_seed,
+                                                                  max_cells=grid_max_cells)
         save_image_grid(images, os.path.join(run_dir, 'reals.png'), drange=[0, 255], grid_size=grid_size)
         grid_gen = torch.Generator()
         grid_gen.manual_seed(random_seed)
