@@ -93,15 +93,8 @@ def subprocess_fn(rank, args, temp_dir):
     import torch  # pylint: disable=import-outside-toplevel
     from metrics import metric_utils  # pylint: disable=import-outside-toplevel
 
-    on_cuda = args.device == 'cuda'
-    device = torch.device('cuda', rank) if on_cuda else torch.device('cpu')
-    if on_cuda:
-        torch.cuda.set_device(device)
-    if args.num_gpus > 1:
-        init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
-        init_method = f'file:///{init_file.replace(os.sep, "/")}' if os.name == 'nt' else f'file://{init_file}'
-        torch.distributed.init_process_group(backend=('nccl' if on_cuda else 'gloo'), init_method=init_method,
-                                             rank=rank, world_size=args.num_gpus)
+    from torch_utils import misc  # pylint: disable=import-outside-toplevel
+    device = misc.setup_process(rank, args.num_gpus, args.device, temp_dir)
     try:
         # Different ranks draw different latents; the same command gives the same numbers.
         torch.manual_seed(rank)

@@ -700,7 +700,7 @@ def subprocess_fn(rank, args, temp_dir):
     """Run the loop in this process as `rank`. Spawned ranks log to log.txt themselves."""
     # pylint: disable=import-outside-toplevel
     import torch
-    from torch_utils import custom_ops, training_stats
+    from torch_utils import custom_ops, misc, training_stats
     from training import training_loop
 
     logger = None
@@ -708,15 +708,7 @@ def subprocess_fn(rank, args, temp_dir):
         logger = dnnlib.util.Logger(file_name=os.path.join(args.run_dir, 'log.txt'), file_mode='a', should_flush=True)
     show_plugin_logs()
     try:
-        on_cuda = (args.device == 'cuda')
-        device = torch.device('cuda', rank) if on_cuda else torch.device('cpu')
-        if on_cuda:
-            torch.cuda.set_device(device)
-        if args.num_gpus > 1:
-            init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
-            init_method = f'file:///{init_file.replace(os.sep, "/")}' if os.name == 'nt' else f'file://{init_file}'
-            torch.distributed.init_process_group(backend=('nccl' if on_cuda else 'gloo'), init_method=init_method,
-                                                 rank=rank, world_size=args.num_gpus)
+        device = misc.setup_process(rank, args.num_gpus, args.device, temp_dir)
         training_stats.init_multiprocessing(rank=rank, sync_device=(device if args.num_gpus > 1 else None))
         if rank != 0:
             custom_ops.verbosity = 'none'

@@ -309,3 +309,24 @@ def print_module_summary(module: torch.nn.Module, inputs: Sequence[Any], max_nes
         print("  ".join(cell + " " * (width - len(cell)) for cell, width in zip(row, widths)).rstrip())
     print()
     return outputs
+
+#----------------------------------------------------------------------------
+
+def setup_process(rank, num_gpus, device_type, temp_dir):
+    """Device of process `rank` of `num_gpus`, joining the process group when there are several.
+
+    One process per GPU (NCCL) on CUDA; on the CPU the ranks are plain processes
+    that talk through gloo. They meet through a file in `temp_dir`, which the
+    launching process owns and removes.
+    """
+    on_cuda = device_type == 'cuda'
+    device = torch.device('cuda', rank) if on_cuda else torch.device('cpu')
+    if on_cuda:
+        torch.cuda.set_device(device)
+    if num_gpus > 1:
+        import os  # pylint: disable=import-outside-toplevel
+        init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
+        init_method = f'file:///{init_file.replace(os.sep, "/")}' if os.name == 'nt' else f'file://{init_file}'
+        torch.distributed.init_process_group(backend=('nccl' if on_cuda else 'gloo'), init_method=init_method,
+                                             rank=rank, world_size=num_gpus)
+    return device
