@@ -59,6 +59,20 @@ def _to_pil(img):
     raise click.ClickException(f'cannot save images with {img.shape[2]} channels as PNG')
 
 
+def make_label(G, class_idx, device):
+    """The [1, c_dim] one-hot label for `--class`, with clear errors when it does not fit G."""
+    label = torch.zeros([1, G.c_dim], device=device)
+    if G.c_dim != 0:
+        if class_idx is None:
+            raise click.UsageError(f'this network is conditional ({G.c_dim} classes): give --class=0..{G.c_dim - 1}')
+        if not 0 <= class_idx < G.c_dim:
+            raise click.BadParameter(f'{class_idx} is not in 0..{G.c_dim - 1}', param_hint="'--class'")
+        label[:, class_idx] = 1
+    elif class_idx is not None:
+        raise click.UsageError('--class was given, but this network is unconditional (c_dim=0)')
+    return label
+
+
 def load_generator(network, device):
     """Open a pickle (path or URL) and return its G_ema on `device`, with clear errors."""
     if not dnnlib.util.is_url(network, allow_file_urls=True) and not os.path.isfile(network):
@@ -123,16 +137,7 @@ def generate_images(network_pkl, seeds, truncation_psi, class_idx, noise_mode, p
                 _to_pil(img).save(os.path.join(outdir, f'proj{idx:02d}.png'))
         return
 
-    # Labels.
-    label = torch.zeros([1, G.c_dim], device=device)
-    if G.c_dim != 0:
-        if class_idx is None:
-            raise click.UsageError(f'this network is conditional ({G.c_dim} classes): give --class=0..{G.c_dim - 1}')
-        if not 0 <= class_idx < G.c_dim:
-            raise click.BadParameter(f'{class_idx} is not in 0..{G.c_dim - 1}', param_hint="'--class'")
-        label[:, class_idx] = 1
-    elif class_idx is not None:
-        raise click.UsageError('--class was given, but this network is unconditional (c_dim=0)')
+    label = make_label(G, class_idx, device)
 
     with torch.no_grad():
         for idx, seed in enumerate(seeds):

@@ -110,15 +110,7 @@ def generate_style_mix(network_pkl, row_seeds, col_seeds, col_styles, truncation
         raise click.BadParameter(f'{", ".join(map(str, bad))} out of range: this network has {G.num_ws} styles '
                                  f'(0-{G.num_ws - 1})', param_hint="'--styles'")
 
-    label = torch.zeros([1, G.c_dim], device=device)
-    if G.c_dim != 0:
-        if class_idx is None:
-            raise click.UsageError(f'this network is conditional ({G.c_dim} classes): give --class=0..{G.c_dim - 1}')
-        if not 0 <= class_idx < G.c_dim:
-            raise click.BadParameter(f'{class_idx} is not in 0..{G.c_dim - 1}', param_hint="'--class'")
-        label[:, class_idx] = 1
-    elif class_idx is not None:
-        raise click.UsageError('--class was given, but this network is unconditional (c_dim=0)')
+    label = generate.make_label(G, class_idx, device)
 
     os.makedirs(outdir, exist_ok=True)
     with torch.no_grad():
