@@ -175,7 +175,7 @@ def test_gain_scales_gradients(phase):
             # Gains multiply each side's term before the two are summed, so allow rounding at
             # the scale of the whole tensor (cancellation between sides).
             scale = float(value.abs().max())
-            torch.testing.assert_close(g3[name], value * 3, rtol=1e-5, atol=1e-5 * scale, msg=name)
+            torch.testing.assert_close(g3[name], value * 3, rtol=1e-4, atol=1e-4 * scale, msg=name)
             checked += 1
     assert checked > 0
 
