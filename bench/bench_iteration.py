@@ -1,0 +1,409 @@
+"""Time one full training iteration of FastGAN and of StyleGAN2 paper256, in one run.
+
+An iteration is what training_loop.py does for one minibatch: every phase
+(G: Gmain/Gboth, D: Dmain/Dboth, plus the lazy regularisation phases Greg and
+Dreg where the cfg has them) through `loss.accumulate_gradients` (augment pipe,
+adversarial terms, reconstruction, R1, path length: all that the loss does),
+the gradient clean-up and the optimiser step, then the G_ema update. The
+options are resolved by train.py's own `setup_training_loop_kwargs`, so both
+setups are exactly what `train.py --cfg=... --aug=... --batch=...` builds.
+
+Lazy regularisation (StyleGAN2: Greg every 4 minibatches, Dreg every 16) is
+timed on every timed iteration and amortised: its per-occurrence time divided
+by its interval, reported separately and included in the total. Real images
+are taken from the data set once, before timing: data loading and the
+ADA p update (a few scalar operations every 4 minibatches) are not timed.
+
+    python bench/bench_iteration.py                              # 256x256, batch 8, device auto
+    python bench/bench_iteration.py --iters=3 --warmup=1 --json=bench.jsonl
+    python bench/bench_iteration.py --device=cuda --bf16 --channels-last
+
+On a shared CPU the two setups are timed alternately (one iteration of each in
+turn), so that a change of load affects both; on CUDA they run one after the
+other, so that each one's peak memory is its own.
+"""
+
+import contextlib
+import copy
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+
+import click
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARNESS = os.path.join(ROOT, 'stylegan2_ada')
+for _path in (HARNESS, ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import torch  # noqa: E402
+
+import dnnlib  # noqa: E402
+import train as train_cli  # noqa: E402  (stylegan2_ada/train.py: option resolution only)
+from torch_utils import misc  # noqa: E402
+from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix  # noqa: E402
+
+#----------------------------------------------------------------------------
+# Where and when.
+
+
+def machine_info(device):
+    """Machine, date, versions and load: what a benchmark record needs beside its numbers."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(['lscpu'], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith('Model name:'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    info = dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        host=platform.node(),
+        cpu=cpu,
+        cores=os.cpu_count(),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        torch_threads=torch.get_num_threads(),
+        omp_num_threads=os.environ.get('OMP_NUM_THREADS'),
+        load_avg_1_5_15=load,
+        device=str(device),
+    )
+    if device.type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+#----------------------------------------------------------------------------
+# One setup: resolve with train.py, build as training_loop does, time its phases.
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+class Setup:
+    """One `train.py` configuration, built the way training_loop builds it."""
+
+    def __init__(self, name, flags, data, batch, device, aug_p=None):
+        self.name = name
+        self.flags = dict(flags)
+        self.device = device
+        self.aug_p = aug_p
+        # train.py's resolution of --cfg/--aug/--loss/--recon/... (no run folder, no training).
+        desc, args, resolved, _summary, cleanup = train_cli.setup_training_loop_kwargs(
+            data=data, batch=batch, metrics=[], device=device.type, workers=0, **self.flags)
+        if cleanup is not None:
+            cleanup.cleanup()
+        self.desc = desc
+        self.args = args
+        self.resolved = resolved
+        self.built = False
+        self.times = {}        # phase name -> [seconds per occurrence]
+        self.ema_times = []
+        self.peak_mem_gb = None
+
+    def describe(self):
+        a = self.args
+        aug = self.resolved['aug']
+        aug_text = f'{aug["name"]} -> {(aug["class_name"] or "none").rsplit(".", 1)[-1]}'
+        if aug['augpipe']:
+            aug_text += f' ({aug["augpipe"]}, p held at {self.aug_p:g})'
+        loss = self.resolved['loss']
+        terms = ', '.join(f'{k}: {v}' for k, v in (loss.get('terms') or {}).items())
+        return (f'{self.name}: train.py ' + ' '.join(f'--{k.replace("_", "-")}={v}' for k, v in self.flags.items())
+                + f' --batch={a.batch_size}\n    G {a.G_kwargs.class_name}, D {a.D_kwargs.class_name}\n'
+                + f'    loss {loss["class_name"]}' + (f' [{terms}]' if terms else '') + f'; aug {aug_text}')
+
+    def build(self, channels_last=False, seed=0):
+        a = self.args
+        dev = self.device
+        torch.manual_seed(seed)
+        training_set = dnnlib.util.construct_class_by_name(**a.training_set_kwargs)
+        common = dict(c_dim=training_set.label_dim, img_resolution=training_set.resolution,
+                      img_channels=training_set.num_channels)
+        self.resolution = training_set.resolution
+        self.G = dnnlib.util.construct_class_by_name(**a.G_kwargs, **common).train().requires_grad_(False).to(dev)
+        self.D = dnnlib.util.construct_class_by_name(**a.D_kwargs, **common).train().requires_grad_(False).to(dev)
+        self.G_ema = copy.deepcopy(self.G).eval()
+        self.mem_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            for module in (self.G, self.D, self.G_ema):
+                module.to(memory_format=torch.channels_last)
+        self.params = dict(G=sum(p.numel() for p in self.G.parameters()),
+                           D=sum(p.numel() for p in self.D.parameters()))
+
+        # Augment pipe: as the loop holds it; ADA's pipe at a fixed p (the adaptive update is not timed).
+        augment_p = a.augment_p if self.aug_p is None else self.aug_p
+        self.aug_p = float(augment_p)
+        self.augment_pipe = None
+        if a.augment_kwargs is not None and (augment_p > 0 or a.ada_target is not None):
+            self.augment_pipe = dnnlib.util.construct_class_by_name(**a.augment_kwargs).train() \
+                .requires_grad_(False).to(dev)
+            self.augment_pipe.p.copy_(torch.as_tensor(augment_p))
+
+        self.loss = dnnlib.util.construct_class_by_name(device=dev, G_mapping=self.G.mapping,
+                                                        G_synthesis=self.G.synthesis, D=self.D,
+                                                        augment_pipe=self.augment_pipe, **a.loss_kwargs)
+
+        # Phases and optimisers, with the loop's lazy-regularisation scaling of lr and betas.
+        self.phases = []
+        for name, module, opt_kwargs, interval in [('G', self.G, a.G_opt_kwargs, a.get('G_reg_interval', 4)),
+                                                   ('D', self.D, a.D_opt_kwargs, a.get('D_reg_interval', 16))]:
+            opt_kwargs = dnnlib.EasyDict(copy.deepcopy(opt_kwargs))
+            if interval is None:
+                opt = dnnlib.util.construct_class_by_name(module.parameters(), **opt_kwargs)
+                self.phases.append(dnnlib.EasyDict(name=name + 'both', module=module, opt=opt, interval=1))
+            else:
+                ratio = interval / (interval + 1)
+                opt_kwargs.lr = opt_kwargs.lr * ratio
+                if 'betas' in opt_kwargs:
+                    opt_kwargs.betas = [beta ** ratio for beta in opt_kwargs.betas]
+                opt = dnnlib.util.construct_class_by_name(module.parameters(), **opt_kwargs)
+                self.phases.append(dnnlib.EasyDict(name=name + 'main', module=module, opt=opt, interval=1))
+                self.phases.append(dnnlib.EasyDict(name=name + 'reg', module=module, opt=opt, interval=interval))
+        self.times = {phase.name: [] for phase in self.phases}
+
+        # One minibatch of real images from the data set, as the loop feeds them.
+        n = a.batch_size
+        items = [training_set[i % len(training_set)] for i in range(n)]
+        training_set.close()
+        reals = torch.stack([torch.as_tensor(img) for img, _label in items]).to(dev).to(torch.float32) / 127.5 - 1
+        self.reals = reals.contiguous(memory_format=self.mem_format).split(a.batch_gpu)
+        labels = torch.stack([torch.as_tensor(label, dtype=torch.float32) for _img, label in items]).to(dev)
+        self.real_c = labels.split(a.batch_gpu)
+        self.gen_c = torch.zeros([n, self.G.c_dim], device=dev).split(a.batch_gpu)
+        self.ema_beta = 0.5 ** (a.batch_size / max(a.ema_kimg * 1000, 1e-8))
+        self.built = True
+
+    def free(self):
+        for attr in ('G', 'D', 'G_ema', 'augment_pipe', 'loss', 'phases', 'reals', 'real_c', 'gen_c'):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        self.built = False
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+    def _run_phase(self, phase, bf16):
+        autocast = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if bf16 \
+            else contextlib.nullcontext()
+        num_rounds = len(self.reals)
+        gen_z = torch.randn([self.args.batch_size, self.G.z_dim], device=self.device).split(self.args.batch_gpu)
+        phase.opt.zero_grad(set_to_none=True)
+        phase.module.requires_grad_(True)
+        for round_idx, (real_img, real_c, z, c) in enumerate(zip(self.reals, self.real_c, gen_z, self.gen_c)):
+            with autocast:
+                self.loss.accumulate_gradients(phase=phase.name, real_img=real_img, real_c=real_c, gen_z=z,
+                                               gen_c=c, sync=(round_idx == num_rounds - 1), gain=phase.interval)
+        phase.module.requires_grad_(False)
+        for param in phase.module.parameters():
+            if param.grad is not None:
+                misc.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
+        phase.opt.step()
+
+    def _update_ema(self):
+        with torch.no_grad():
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.copy_(p.lerp(p_ema, self.ema_beta))
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                b_ema.copy_(b)
+
+    def iteration(self, bf16=False, record=True, verbose=False):
+        """Every phase once (regularisation phases too: they are amortised in `summary`), then EMA."""
+        took = {}
+        for phase in self.phases:
+            _sync(self.device)
+            t0 = time.perf_counter()
+            self._run_phase(phase, bf16)
+            _sync(self.device)
+            took[phase.name] = time.perf_counter() - t0
+        _sync(self.device)
+        t0 = time.perf_counter()
+        self._update_ema()
+        _sync(self.device)
+        took['G_ema'] = time.perf_counter() - t0
+        if record:
+            for name, sec in took.items():
+                (self.ema_times if name == 'G_ema' else self.times[name]).append(sec)
+        if verbose:
+            print(f'  {self.name:<10s} {"timed" if record else "warm-up"} iteration: '
+                  + ', '.join(f'{k} {v:.3f}' for k, v in took.items()) + ' s', flush=True)
+
+    def summary(self):
+        phases = {}
+        total = 0.0
+        for phase in self.phases:
+            ts = self.times[phase.name]
+            mean = sum(ts) / len(ts)
+            amortised = mean / phase.interval
+            phases[phase.name] = dict(sec=mean, interval=phase.interval, amortised_sec=amortised,
+                                      samples=[round(t, 6) for t in ts])
+            total += amortised
+        ema = sum(self.ema_times) / len(self.ema_times)
+        total += ema
+        main = sum(v['amortised_sec'] for k, v in phases.items() if not k.endswith('reg'))
+        reg = sum(v['amortised_sec'] for k, v in phases.items() if k.endswith('reg'))
+        return dict(name=self.name, desc=self.desc, flags=self.flags, resolution=self.resolution,
+                    batch=self.args.batch_size, batch_gpu=self.args.batch_gpu,
+                    G=self.args.G_kwargs.class_name, D=self.args.D_kwargs.class_name,
+                    loss=self.resolved['loss']['class_name'], loss_terms=self.resolved['loss'].get('terms') or {},
+                    augment=(self.args.augment_kwargs or {}).get('class_name') if self.augment_pipe is not None
+                    else None, augment_p=self.aug_p, params=self.params, phases=phases, ema_sec=ema,
+                    main_sec=main, reg_amortised_sec=reg, sec_per_iter=total, it_per_sec=1.0 / total,
+                    timed_iters=len(self.ema_times), peak_mem_gb=self.peak_mem_gb)
+
+#----------------------------------------------------------------------------
+
+
+def _fmt_phases(s):
+    parts = []
+    for name, p in s['phases'].items():
+        if p['interval'] == 1:
+            parts.append(f'{name} {p["sec"]:.3f}')
+        else:
+            parts.append(f'{name} {p["sec"]:.3f}/{p["interval"]} = {p["amortised_sec"]:.3f}')
+    parts.append(f'G_ema {s["ema_sec"]:.3f}')
+    return ', '.join(parts)
+
+
+@click.command(context_settings=dict(help_option_names=['-h', '--help']))
+@click.option('--res', help='Resolution (data: builtin:shapes-RES) [default: 256]', type=int, default=256,
+              show_default=False)
+@click.option('--batch', help='Batch size of both setups [default: 8]', type=click.IntRange(min=1), default=8)
+@click.option('--device', help='Device [default: auto = cuda when available]',
+              type=click.Choice(['auto', 'cpu', 'cuda']), default='auto')
+@click.option('--warmup', help='Untimed iterations per setup [default: 1]', type=click.IntRange(min=0), default=1)
+@click.option('--iters', help='Timed iterations per setup [default: 3]', type=click.IntRange(min=1), default=3)
+@click.option('--recon', help='FastGAN reconstruction term [default: mse]; lpips needs NVIDIA vgg16.pt',
+              type=click.Choice(['mse', 'l1', 'lpips', 'none']), default='mse')
+@click.option('--sg2-aug', help='StyleGAN2 augmentation [default: ada]: ADA\'s bgc pipe at a fixed p, or diffaug',
+              type=click.Choice(['ada', 'diffaug']), default='ada')
+@click.option('--sg2-p', help='p of the ADA pipe for --sg2-aug=ada [default: 0.2]', type=click.FloatRange(0, 1),
+              default=0.2)
+@click.option('--sg2-cfg', help='StyleGAN2 cfg [default: paper256]', default='paper256')
+@click.option('--cbase', help='StyleGAN2 capacity override (train.py --cbase), for small tests', type=int)
+@click.option('--cmax', help='StyleGAN2 maximum channels override (train.py --cmax), for small tests', type=int)
+@click.option('--ngf', help='FastGAN generator width override (train.py --ngf), for small tests', type=int)
+@click.option('--ndf', help='FastGAN discriminator width override (train.py --ndf), for small tests', type=int)
+@click.option('--bf16', help='bf16 autocast around the loss (a CUDA option)', is_flag=True)
+@click.option('--channels-last', help='channels_last networks and images (a CUDA option)', is_flag=True)
+@click.option('--order', help='interleave (one iteration of each in turn) or sequential [default: interleave on '
+              'the CPU, sequential on CUDA]', type=click.Choice(['auto', 'interleave', 'sequential']), default='auto')
+@click.option('--seed', help='Random seed [default: 0]', type=int, default=0)
+@click.option('--verbose', '-v', help='Print the phase times of every iteration as it ends', is_flag=True)
+@click.option('--json', 'json_path', help='Append the result as one JSON line to this file', metavar='PATH')
+def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbase, cmax, ngf, ndf, bf16,
+         channels_last, order, seed, verbose, json_path):
+    """Seconds per training iteration of FastGAN vs StyleGAN2 (paper256) at the same batch and
+    resolution, and their ratio (StyleGAN2 / FastGAN)."""
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise click.UsageError('--device=cuda, but no CUDA device is available')
+    dev = torch.device(device)
+    if order == 'auto':
+        order = 'sequential' if dev.type == 'cuda' else 'interleave'
+    if recon == 'lpips':
+        # LPIPS needs NVIDIA's vgg16.pt through the metrics' resolver: say so now, not mid-build.
+        from kdgan_plugins.losses import fastgan_loss  # pylint: disable=import-outside-toplevel
+        try:
+            train_cli.check_loss_assets(dict(class_name='kdgan_plugins.losses.fastgan_loss.FastGANLoss',
+                                             terms=fastgan_loss.default_terms('lpips')))
+        except click.ClickException as err:
+            raise click.ClickException(f'--recon=lpips is not available here ({err.message}); use --recon=mse')
+
+    # As the training loop sets them.
+    torch.backends.cudnn.benchmark = True
+    conv2d_gradfix.enabled = True
+    grid_sample_gradfix.enabled = True
+
+    info = machine_info(dev)
+    data = f'builtin:shapes-{res}'
+    fg_flags = dict(cfg='fastgan', aug='diffaug', recon=recon)
+    fg_flags.update({k: v for k, v in dict(ngf=ngf, ndf=ndf).items() if v is not None})
+    sg_flags = dict(cfg=sg2_cfg, aug=sg2_aug)
+    sg_flags.update({k: v for k, v in dict(cbase=cbase, cmax=cmax).items() if v is not None})
+    setups = [Setup('fastgan', fg_flags, data, batch, dev),
+              Setup('stylegan2', sg_flags, data, batch, dev, aug_p=(sg2_p if sg2_aug == 'ada' else None))]
+
+    print(f'Machine: {info["cpu"]}, {info["cores"]} cores' + (f', GPU {info["gpu"]}' if 'gpu' in info else ''))
+    print(f'Date: {info["date"]}; torch {info["torch"]} ({info["torch_threads"]} threads, '
+          f'OMP_NUM_THREADS={info["omp_num_threads"]}); load average {info["load_avg_1_5_15"]}')
+    print(f'Device {dev}, {res}x{res}, batch {batch}; {warmup} warm-up + {iters} timed iterations per setup, '
+          f'order: {order}')
+    if (bf16 or channels_last) and dev.type != 'cuda':
+        print('Note: --bf16 and --channels-last are CUDA options (the GPU variants of the benchmark); '
+              'applied here on the CPU as asked, where they are not expected to help.')
+    print(f'Variant: bf16 autocast {"on" if bf16 else "off"}, channels_last {"on" if channels_last else "off"}')
+
+    def build(s):
+        s.build(channels_last=channels_last, seed=seed)
+        print(s.describe())
+        print(f'    params G {s.params["G"]:,}, D {s.params["D"]:,}; phases '
+              + ', '.join(f'{p.name} (every {p.interval})' for p in s.phases))
+
+    def measure(s, n, record):
+        try:
+            for _ in range(n):
+                s.iteration(bf16=bf16, record=record, verbose=verbose)
+        except Exception as err:  # pylint: disable=broad-except
+            traceback.print_exc()
+            variant = ', '.join(v for v, on in (('--bf16', bf16), ('--channels-last', channels_last)) if on)
+            raise click.ClickException(f'{s.name} ({s.desc}) failed' + (f' with {variant}' if variant else '')
+                                       + f': {type(err).__name__}: {err}') from err
+
+    if order == 'sequential':
+        for s in setups:
+            build(s)
+            measure(s, warmup, False)
+            if dev.type == 'cuda':
+                torch.cuda.reset_peak_memory_stats(dev)
+            measure(s, iters, True)
+            if dev.type == 'cuda':
+                s.peak_mem_gb = torch.cuda.max_memory_allocated(dev) / 2**30
+            result = s.summary()
+            s.free()
+            s.result = result
+    else:
+        for s in setups:
+            build(s)
+        for s in setups:
+            measure(s, warmup, False)
+        for _ in range(iters):
+            for s in setups:
+                measure(s, 1, True)
+        for s in setups:
+            s.result = s.summary()
+
+    info['load_avg_after'] = [round(x, 2) for x in os.getloadavg()]
+    fg, sg = setups[0].result, setups[1].result
+    ratio = sg['sec_per_iter'] / fg['sec_per_iter']
+    print()
+    for r in (fg, sg):
+        mem = f', peak memory {r["peak_mem_gb"]:.2f} GB' if r['peak_mem_gb'] is not None else ''
+        print(f'{r["name"]:<10s} sec/iter {r["sec_per_iter"]:.4f}  it/s {r["it_per_sec"]:.4f}{mem}  '
+              f'(main {r["main_sec"]:.4f}, reg amortised {r["reg_amortised_sec"]:.4f}; {_fmt_phases(r)})')
+    print(f'ratio      {ratio:.4f}  (StyleGAN2 {sg2_cfg} sec/iter / FastGAN sec/iter)')
+    print(f'Load average after: {info["load_avg_after"]}')
+
+    if json_path:
+        record = dict(bench='bench_iteration', **info, res=res, batch=batch, warmup=warmup, iters=iters, order=order,
+                      bf16=bf16, channels_last=channels_last, fastgan=fg, stylegan2=sg, ratio=ratio)
+        with open(json_path, 'a', encoding='utf-8') as f:
+            f.write(json.dumps(record) + '\n')
+        print(f'Appended to {json_path}')
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
