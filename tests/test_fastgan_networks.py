@@ -454,3 +454,16 @@ def test_pickles_are_self_contained_and_reproduce_outputs(tmp_path, one_thread):
     assert torch.equal(out['img'], img) and torch.equal(out['aux'], aux)
     assert torch.equal(out['logits'], logits) and torch.equal(out['feat'], feat)
     assert torch.equal(out['part'], rec['part'])
+
+
+def test_bf16_autocast_runs_forward_and_backward():
+    """Spectral norm under autocast: the power-iteration dot product must not mix fp32 and bf16."""
+    G = fastgan.Generator(z_dim=32, c_dim=0, w_dim=None, img_resolution=64, img_channels=3, ngf=8)
+    D = fastgan.Discriminator(c_dim=0, img_resolution=64, img_channels=3, ndf=8)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        img = G(torch.randn(2, 32), torch.zeros(2, 0))
+        logits = D(img, torch.zeros(2, 0))
+    logits.float().mean().backward()
+    assert img.dtype == torch.bfloat16
+    grads = [p.grad for p in list(G.parameters()) + list(D.parameters()) if p.grad is not None]
+    assert len(grads) > 10 and all(torch.isfinite(g).all() for g in grads)

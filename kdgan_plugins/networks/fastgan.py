@@ -199,7 +199,10 @@ class _SpectralNormBase(torch.nn.Module):
             # Clones: the buffers may be rewritten by a later training-mode call before backward.
             u = self.weight_u.clone()
             v = self.weight_v.clone()
-        sigma = torch.dot(u.to(mat.dtype), mat @ v.to(mat.dtype))
+        # sigma in the parameters' precision: under autocast the matrix product would run in
+        # bf16/fp16 while u stays fp32, and torch.dot refuses mixed dtypes.
+        with torch.autocast(device_type=mat.device.type, enabled=False):
+            sigma = torch.dot(u.to(mat.dtype), mat @ v.to(mat.dtype))
         return w / sigma
 
 

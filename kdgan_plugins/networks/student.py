@@ -90,7 +90,8 @@ class SNLinear(torch.nn.Module):
             # Copies: a later training-mode call may rewrite the buffers before this graph's backward.
             u = self.weight_u.clone()
             v = self.weight_v.clone()
-        sigma = torch.dot(u, w @ v)
+        with torch.autocast(device_type=w.device.type, enabled=False):  # see fastgan.py: no mixed-dtype dot
+            sigma = torch.dot(u, w @ v)
         return w / sigma
 
     def forward(self, x):
