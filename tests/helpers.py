@@ -5,9 +5,17 @@ learned the data". Images are box-downsampled to 8x8 and the Frechet distance
 between the Gaussians fitted to two sets of those pixel vectors is computed;
 no detector network is needed, so it runs offline on the CPU.
 """
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
+import pytest
 import scipy.linalg
 import torch
+
+HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
 
 
 def pixel_features(images):
@@ -31,3 +39,71 @@ def fake_features(G, num=256, seed=123, c=None):
     c = torch.zeros([num, G.c_dim]) if c is None else torch.as_tensor(c, dtype=torch.float32)
     with torch.no_grad():
         return pixel_features(G(z, c, noise_mode='const'))
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """These nets are tiny: one thread avoids oversubscribing a shared CPU (several times faster).
+    A module-scoped autouse fixture for the modules that import it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_random_vgg16(folder):
+    """A random-weight VGG16+LPIPS of the real architecture, scripted and saved as `folder`/vgg16.pt."""
+    from metrics.vgg16_lpips import make_random_vgg16_lpips
+    torch.jit.script(make_random_vgg16_lpips(seed=0)).save(str(folder / 'vgg16.pt'))
+    return folder
+
+
+def load_scripted_vgg16(folder):
+    """projector.load_vgg16 from `folder`, checked to be the TorchScript path (as for NVIDIA's file)."""
+    import projector
+    det = projector.load_vgg16(torch.device('cpu'), str(folder))
+    assert isinstance(det, torch.jit.ScriptModule)  # the TorchScript path, as for NVIDIA's file
+    return det
+
+
+def run_pickle_child(cwd, shadowed, body):
+    """Run `body` in a fresh Python in `cwd` (PYTHONPATH = stylegan2_ada/, one thread), with package
+    `shadowed` replaced by one in `cwd` (first on sys.path) that refuses to import. The child first
+    checks that `shadowed` cannot be imported, then loads `cwd`/net.pkl into `data`. Returns the
+    CompletedProcess."""
+    (cwd / shadowed).mkdir()
+    (cwd / shadowed / '__init__.py').write_text(f'raise ImportError("{shadowed} is shadowed in this test")\n')
+    child = textwrap.dedent(f'''
+        import pickle, sys, torch
+        torch.set_num_threads(1)
+        try:
+            import {shadowed}
+        except ImportError:
+            pass
+        else:
+            sys.exit("{shadowed} was importable")
+        with open("net.pkl", "rb") as f:
+            data = pickle.load(f)
+    ''') + textwrap.dedent(body)
+    env = dict(os.environ, PYTHONPATH=HARNESS, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-c', child], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def invoke_train(*args):
+    """train.py's click command in this process, arguments as strings."""
+    from click.testing import CliRunner
+    import train
+    return CliRunner().invoke(train.main, [str(a) for a in args])
+
+
+def dry_run(outdir, data, *args):
+    """Run train.py --dry-run; returns (training options, resolved names, output)."""
+    import json
+    result = invoke_train('--outdir', outdir, '--data', data, '--metrics=none', '--device=cpu', '--dry-run', *args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    decoder = json.JSONDecoder()
+    out = result.output
+    options = decoder.raw_decode(out[out.index('{', out.index('Training options:')):])[0]
+    resolved = decoder.raw_decode(out[out.index('{', out.index('Resolved names:')):])[0]
+    return options, resolved, out

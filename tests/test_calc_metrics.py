@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import calc_metrics
 import dnnlib
+from helpers import one_thread  # noqa: F401  (module-scoped autouse fixture)
 from metrics import metric_utils
 from test_metrics_e2e import NUM_IMAGES, RES, save_test_detectors, tiny_G
 from training import dataset as dataset_lib
@@ -26,14 +27,6 @@ pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.*deprecated:FutureWar
 
 HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
 JSONL_KEYS = {'results', 'metric', 'total_time', 'total_time_str', 'num_gpus', 'snapshot_pkl', 'timestamp'}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope='module')

@@ -3,11 +3,7 @@ forward/backward at 64 and 256, the harness interface (mapping/synthesis,
 noise modes, SLE style mixing), conditioning, the discriminator's extra
 outputs, BatchNorm re-estimation and self-contained pickles."""
 import copy
-import os
 import pickle
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -15,9 +11,8 @@ import torch.nn.functional as F
 
 import dnnlib
 from kdgan_plugins.networks import fastgan
+from helpers import run_pickle_child
 from kdgan_plugins.networks.fastgan import Discriminator, Generator
-
-HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
 
 
 def count(module):
@@ -426,19 +421,7 @@ def test_pickles_are_self_contained_and_reproduce_outputs(tmp_path, one_thread):
     img, aux = G(z, c, noise_mode='const', return_aux=True)
     logits, feat, rec = D(x, c, features=True, recon=True, part=2)
 
-    (tmp_path / 'kdgan_plugins').mkdir()
-    (tmp_path / 'kdgan_plugins' / '__init__.py').write_text('raise ImportError("kdgan_plugins is shadowed")\n')
-    child = textwrap.dedent('''
-        import pickle, sys, torch
-        torch.set_num_threads(1)
-        try:
-            import kdgan_plugins
-        except ImportError:
-            pass
-        else:
-            sys.exit("kdgan_plugins was importable")
-        with open("net.pkl", "rb") as f:
-            data = pickle.load(f)
+    proc = run_pickle_child(tmp_path, 'kdgan_plugins', '''
         G, D = data["G_ema"], data["D"]
         assert type(G).__module__.startswith("_imported_module_"), type(G).__module__
         t = torch.load("inputs.pt")
@@ -446,9 +429,6 @@ def test_pickles_are_self_contained_and_reproduce_outputs(tmp_path, one_thread):
         logits, feat, rec = D(t["x"], t["c"], features=True, recon=True, part=2)
         torch.save(dict(img=img, aux=aux, logits=logits, feat=feat, part=rec["part"]), "out.pt")
     ''')
-    env = dict(os.environ, PYTHONPATH=HARNESS, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-c', child], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = torch.load(tmp_path / 'out.pt')
     assert torch.equal(out['img'], img) and torch.equal(out['aux'], aux)

@@ -41,10 +41,11 @@ from click.testing import CliRunner
 import calc_metrics
 import dnnlib
 import generate
+from helpers import load_scripted_vgg16, one_thread, save_random_vgg16  # noqa: F401  (one_thread: autouse fixture)
 import legacy
 import projector
 import style_mixing
-from metrics.vgg16_lpips import lpips_distance, make_random_vgg16_lpips
+from metrics.vgg16_lpips import lpips_distance
 from test_metrics_e2e import save_test_detectors
 from training import shapes
 
@@ -85,14 +86,6 @@ def build_snapshot(c_dim, data_path, seed):
 def load_G(pkl):
     with open(pkl, 'rb') as f:
         return legacy.load_network_pkl(f)['G_ema']
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope='module')
@@ -271,16 +264,12 @@ def test_style_mixing_all_styles_and_conditional(nets, tmp_path):
 
 @pytest.fixture(scope='module')
 def vgg_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('vgg16')
-    torch.jit.script(make_random_vgg16_lpips(seed=0)).save(str(folder / 'vgg16.pt'))
-    return folder
+    return save_random_vgg16(tmp_path_factory.mktemp('vgg16'))
 
 
 @pytest.fixture(scope='module')
 def vgg16(vgg_dir):
-    det = projector.load_vgg16(torch.device('cpu'), str(vgg_dir))
-    assert isinstance(det, torch.jit.ScriptModule)  # the TorchScript path, as for NVIDIA's file
-    return det
+    return load_scripted_vgg16(vgg_dir)
 
 
 def target_image(G, seed=7):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import dnnlib
+from helpers import one_thread  # noqa: F401  (module-scoped autouse fixture)
 from metrics import detectors, metric_main, metric_utils
 from metrics.frechet_inception_distance import fid_from_stats
 from training import dataset as dataset_lib
@@ -95,15 +96,6 @@ class ReplayG(torch.nn.Module):
     def forward(self, z, c, **_kwargs):
         idx = torch.randint(self.images.shape[0], [z.shape[0]], device=z.device)
         return self.images[idx]
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """These nets are tiny: one thread avoids oversubscribing a shared CPU (several times faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope='module')

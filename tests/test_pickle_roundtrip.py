@@ -3,11 +3,8 @@ imported, with bit-identical output), in upstream's persistence format, and
 read back by legacy.load_network_pkl, including TensorFlow-era pickles."""
 import inspect
 import io
-import os
 import pickle
-import subprocess
 import sys
-import textwrap
 import types
 
 import pytest
@@ -15,9 +12,8 @@ import torch
 
 import dnnlib
 import legacy
+from helpers import run_pickle_child
 from training import networks
-
-HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
 
 
 def tiny_G(c_dim=0, **mapping_kwargs):
@@ -60,19 +56,7 @@ def test_pickle_loads_without_training_and_matches_bitwise(tmp_path, one_thread)
     expected = G(z, None, noise_mode='const')
 
     # A `training` package in the child's cwd (first on sys.path) that refuses to import.
-    (tmp_path / 'training').mkdir()
-    (tmp_path / 'training' / '__init__.py').write_text('raise ImportError("training is shadowed in this test")\n')
-    child = textwrap.dedent('''
-        import pickle, sys, torch
-        torch.set_num_threads(1)
-        try:
-            import training
-        except ImportError:
-            pass
-        else:
-            sys.exit("training was importable")
-        with open("net.pkl", "rb") as f:
-            data = pickle.load(f)
+    proc = run_pickle_child(tmp_path, 'training', '''
         G = data["G_ema"]
         assert type(G).__module__.startswith("_imported_module_"), type(G).__module__
         assert "training" not in sys.modules and "training.networks" not in sys.modules
@@ -83,9 +67,6 @@ def test_pickle_loads_without_training_and_matches_bitwise(tmp_path, one_thread)
             loaded = legacy.load_network_pkl(f)
         print(sorted(loaded))
     ''')
-    env = dict(os.environ, PYTHONPATH=HARNESS, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-c', child], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(sorted(legacy.ALL_KEYS))
     assert torch.equal(torch.load(tmp_path / 'img_child.pt'), expected)

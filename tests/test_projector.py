@@ -11,9 +11,10 @@ import torch
 from click.testing import CliRunner
 
 import generate
+from helpers import load_scripted_vgg16, save_random_vgg16
 import projector
 from metrics import detectors
-from metrics.vgg16_lpips import lpips_distance, make_random_vgg16_lpips
+from metrics.vgg16_lpips import lpips_distance
 from training import networks
 
 
@@ -32,16 +33,12 @@ def to_uint8(img):
 
 @pytest.fixture(scope='module')
 def detector_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('detectors')
-    torch.jit.script(make_random_vgg16_lpips(seed=0)).save(str(folder / 'vgg16.pt'))
-    return folder
+    return save_random_vgg16(tmp_path_factory.mktemp('detectors'))
 
 
 @pytest.fixture(scope='module')
 def vgg16(detector_dir):
-    det = projector.load_vgg16(torch.device('cpu'), str(detector_dir))
-    assert isinstance(det, torch.jit.ScriptModule)  # the TorchScript path, as for NVIDIA's file
-    return det
+    return load_scripted_vgg16(detector_dir)
 
 
 @pytest.fixture(scope='module')

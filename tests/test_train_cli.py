@@ -15,9 +15,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
 import train
+from helpers import dry_run
+from helpers import invoke_train as invoke
 from kdgan_plugins import registry
 
 HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
@@ -64,21 +65,6 @@ def clean_registry():
     yield registry
     registry._registry.clear()
     registry._registry.update(saved)
-
-
-def invoke(*args):
-    return CliRunner().invoke(train.main, [str(a) for a in args])
-
-
-def dry_run(outdir, data, *args):
-    """Run --dry-run; returns (training options, resolved names, output)."""
-    result = invoke('--outdir', outdir, '--data', data, '--metrics=none', '--device=cpu', '--dry-run', *args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    decoder = json.JSONDecoder()
-    out = result.output
-    options = decoder.raw_decode(out[out.index('{', out.index('Training options:')):])[0]
-    resolved = decoder.raw_decode(out[out.index('{', out.index('Resolved names:')):])[0]
-    return options, resolved, out
 
 
 def table_values(opts):

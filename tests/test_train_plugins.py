@@ -27,11 +27,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from click.testing import CliRunner
 
 import dnnlib
 import train
-from helpers import fake_features, frechet_distance, pixel_features
+from helpers import dry_run, fake_features, frechet_distance, pixel_features
+from helpers import invoke_train as invoke
 from kdgan_plugins import registry
 from training import dataset
 
@@ -91,20 +91,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def invoke(*args):
-    return CliRunner().invoke(train.main, [str(a) for a in args])
-
-
-def dry_run(outdir, data, *args):
-    result = invoke('--outdir', outdir, '--data', data, '--metrics=none', '--device=cpu', '--dry-run', *args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    decoder = json.JSONDecoder()
-    out = result.output
-    options = decoder.raw_decode(out[out.index('{', out.index('Training options:')):])[0]
-    resolved = decoder.raw_decode(out[out.index('{', out.index('Resolved names:')):])[0]
-    return options, resolved, out
 
 
 def refused(result, *phrases):

@@ -41,7 +41,7 @@ for _p in (ROOT, HARNESS):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import dnnlib  # noqa: E402
+from bench.fmnist import common as fmnist_common  # noqa: E402
 from bench.fmnist import data as fmnist_data  # noqa: E402
 
 VERSION = 1  # bump when the architecture, preprocessing or training changes: invalidates caches
@@ -143,18 +143,12 @@ def feature_distances(feats_a, feats_b, kid_subsets: int = 100, kid_subset_size:
 
 def cache_key(seed: int, epochs: int, train_limit: Optional[int] = None, test_limit: Optional[int] = None) -> str:
     """What a trained evaluator depends on (the folder name in the cache; checked on reuse)."""
-    key = "v{}-seed{}-ep{}".format(VERSION, seed, epochs)
-    if train_limit is not None:
-        key += "-n{}".format(train_limit)
-    if test_limit is not None:
-        key += "-t{}".format(test_limit)
-    return key
+    return fmnist_common.cache_key(VERSION, seed, epochs, train_limit, test_limit)
 
 
 def default_dir(seed: int = DEFAULT_SEED, epochs: int = DEFAULT_EPOCHS, train_limit: Optional[int] = None,
                 test_limit: Optional[int] = None) -> str:
-    return dnnlib.util.make_cache_dir_path("kdgan-fmnist", "evaluator-" + cache_key(seed, epochs, train_limit,
-                                                                                    test_limit))
+    return fmnist_common.cache_dir("evaluator", cache_key(seed, epochs, train_limit, test_limit))
 
 
 def load(out_dir: str, device="cpu"):
@@ -288,18 +282,9 @@ def train(out_dir: Optional[str] = None, epochs: int = DEFAULT_EPOCHS, seed: int
 
 
 def main(argv=None) -> None:
-    import argparse  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None, help="output folder (default: the dnnlib cache, keyed by seed/epochs)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset (smoke runs)")
-    parser.add_argument("--test-limit", type=int, default=None, help="evaluate on a seeded class-balanced subset")
-    parser.add_argument("--source", default=None, help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--force", action="store_true", help="retrain even when the folder holds a matching one")
+    parser = fmnist_common.train_parser(__doc__.split("\n\n")[0], DEFAULT_EPOCHS, DEFAULT_SEED, lr=2e-3,
+                                        train_limit_help="train on a seeded subset (smoke runs)",
+                                        extra=[(("--batch",), dict(type=int, default=128))])
     args = parser.parse_args(argv)
     meta = train(out_dir=args.out, epochs=args.epochs, seed=args.seed, batch_size=args.batch, lr=args.lr,
                  train_limit=args.train_limit, test_limit=args.test_limit, threads=args.threads, force=args.force,

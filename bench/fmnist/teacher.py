@@ -58,7 +58,7 @@ for _p in (ROOT, HARNESS):
 
 import open_clip  # noqa: E402
 
-import dnnlib  # noqa: E402
+from bench.fmnist import common as fmnist_common  # noqa: E402
 from bench.fmnist import data as fmnist_data  # noqa: E402
 from bench.fmnist.evaluator import accuracy, balanced_subset, one_cycle  # noqa: E402
 
@@ -187,18 +187,12 @@ def grouped_clip_loss(loss_fn, image_features: torch.Tensor, text_features: torc
 
 
 def cache_key(seed: int, epochs: int, train_limit: Optional[int] = None, test_limit: Optional[int] = None) -> str:
-    key = "v{}-seed{}-ep{}".format(VERSION, seed, epochs)
-    if train_limit is not None:
-        key += "-n{}".format(train_limit)
-    if test_limit is not None:
-        key += "-t{}".format(test_limit)
-    return key
+    return fmnist_common.cache_key(VERSION, seed, epochs, train_limit, test_limit)
 
 
 def default_dir(seed: int = DEFAULT_SEED, epochs: int = DEFAULT_EPOCHS, train_limit: Optional[int] = None,
                 test_limit: Optional[int] = None) -> str:
-    return dnnlib.util.make_cache_dir_path("kdgan-fmnist", "teacher-" + cache_key(seed, epochs, train_limit,
-                                                                                  test_limit))
+    return fmnist_common.cache_dir("teacher", cache_key(seed, epochs, train_limit, test_limit))
 
 
 def train(out_dir: Optional[str] = None, epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SEED,
@@ -308,18 +302,10 @@ def train(out_dir: Optional[str] = None, epochs: int = DEFAULT_EPOCHS, seed: int
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    import argparse  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=None, help="output folder (default: the dnnlib cache, keyed by seed/epochs)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--groups", type=int, default=25, help="class-balanced groups per batch (10 images each)")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--train-limit", type=int, default=None, help="train on a seeded class-balanced subset")
-    parser.add_argument("--test-limit", type=int, default=None, help="evaluate on a seeded class-balanced subset")
-    parser.add_argument("--source", default=None, help="folder with the Fashion-MNIST IDX files")
-    parser.add_argument("--force", action="store_true", help="retrain even when the folder holds a matching one")
+    parser = fmnist_common.train_parser(__doc__.split("\n\n")[0], DEFAULT_EPOCHS, DEFAULT_SEED, lr=1e-3,
+                                        train_limit_help="train on a seeded class-balanced subset",
+                                        extra=[(("--groups",), dict(type=int, default=25,
+                                                                    help="class-balanced groups per batch (10 images each)"))])
     args = parser.parse_args(argv)
     meta = train(out_dir=args.out, epochs=args.epochs, seed=args.seed, groups_per_batch=args.groups, lr=args.lr,
                  train_limit=args.train_limit, test_limit=args.test_limit, threads=args.threads, force=args.force,
