@@ -244,26 +244,19 @@ def cli_patch(args, teacher=None, teacher_weights=None, teacher_config=None, tea
                              'teacher_dir': 'teacher-dir', 'labels': 'kd-labels',
                              'template': 'kd-template'}[key], 'a KD term')
             put(['loss_kwargs', 'teacher', key], value)
-    if kd_p is not None:
-        need(agkd, '--kd-p', 'the AGKD term')
-        for name in agkd:
-            put(['loss_kwargs', 'terms', name, 'p'], float(kd_p))
-    if kd_agkd_weight is not None:
-        need(agkd, '--kd-agkd-weight', 'the AGKD term')
-        for name in agkd:
-            put(['loss_kwargs', 'terms', name, 'weight'], float(kd_agkd_weight))
-    if kd_cgkd_weight is not None:
-        need(cgkd, '--kd-cgkd-weight', 'the CGKD term')
-        for name in cgkd:
-            put(['loss_kwargs', 'terms', name, 'weight'], float(kd_cgkd_weight))
-    if kd_diversity is not None:
-        need(cgkd, '--kd-diversity', 'the CGKD term')
-        for name in cgkd:
-            put(['loss_kwargs', 'terms', name, 'diversity'], float(kd_diversity))
-    if kd_dist is not None:
-        need(kd, '--kd-dist', 'a KD term')
-        for name in agkd + cgkd:
-            put(['loss_kwargs', 'terms', name, 'dist'], str(kd_dist))
+    # One row per per-term option: (value, terms it applies to, flag, what it needs, key, type).
+    term_options = (
+        (kd_p, agkd, '--kd-p', 'the AGKD term', 'p', float),
+        (kd_agkd_weight, agkd, '--kd-agkd-weight', 'the AGKD term', 'weight', float),
+        (kd_cgkd_weight, cgkd, '--kd-cgkd-weight', 'the CGKD term', 'weight', float),
+        (kd_diversity, cgkd, '--kd-diversity', 'the CGKD term', 'diversity', float),
+        (kd_dist, agkd + cgkd, '--kd-dist', 'a KD term', 'dist', str),
+    )
+    for value, names, flag, what, key, cast in term_options:
+        if value is not None:
+            need(names, flag, what)
+            for name in names:
+                put(['loss_kwargs', 'terms', name, key], cast(value))
     if recon is not None:
         need(rec, '--recon', 'the reconstruction term')
         for name in rec:
