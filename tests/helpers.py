@@ -5,6 +5,7 @@ learned the data". Images are box-downsampled to 8x8 and the Frechet distance
 between the Gaussians fitted to two sets of those pixel vectors is computed;
 no detector network is needed, so it runs offline on the CPU.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -41,14 +42,23 @@ def fake_features(G, num=256, seed=123, c=None):
         return pixel_features(G(z, c, noise_mode='const'))
 
 
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run a block with `n` intra-op threads, restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope='module', autouse=True)
 def one_thread():
     """These nets are tiny: one thread avoids oversubscribing a shared CPU (several times faster).
     A module-scoped autouse fixture for the modules that import it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def save_random_vgg16(folder):

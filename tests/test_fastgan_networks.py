@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import dnnlib
 from kdgan_plugins.networks import fastgan
-from helpers import run_pickle_child
+from helpers import run_pickle_child, torch_threads
 from kdgan_plugins.networks.fastgan import Discriminator, Generator
 
 
@@ -42,10 +42,8 @@ def randomise_noise_and_stats(G, seed=0):
 
 @pytest.fixture()
 def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        yield
 
 # ----------------------------------------------------------------------------
 # Done-when 1: the official code's parameter counts.

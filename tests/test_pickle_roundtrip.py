@@ -12,7 +12,7 @@ import torch
 
 import dnnlib
 import legacy
-from helpers import run_pickle_child
+from helpers import run_pickle_child, torch_threads
 from training import networks
 
 
@@ -40,10 +40,8 @@ def randomise(module, seed):
 @pytest.fixture()
 def one_thread():
     """Same thread count in parent and child, so CPU kernels reduce in the same order."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        yield
 
 
 def test_pickle_loads_without_training_and_matches_bitwise(tmp_path, one_thread):
