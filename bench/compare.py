@@ -154,6 +154,39 @@ def parse_methods(values, table=None):
     return methods
 
 
+def parse_extra_for(items):
+    """`--extra-for` values ('SELECTOR:FLAGS') or a preset's {selector: [flags]} -> ordered {selector: [flags]}.
+
+    A method gets FLAGS when SELECTOR is one of its own flags (e.g. '--cfg=fastgan',
+    '--loss=kdgan.KDDLGAN'): size flags differ by backbone (train.py refuses --ngf with a
+    StyleGAN2 cfg and --cbase with FastGAN), teacher files only go with a KD loss.
+    """
+    if isinstance(items, dict):
+        pairs = [(k, list(v) if not isinstance(v, str) else shlex.split(v)) for k, v in items.items()]
+    else:
+        pairs = []
+        for item in items or []:
+            selector, sep, flags = str(item).partition(':')
+            if not sep or not selector.startswith('-'):
+                raise CompareError("--extra-for: expected SELECTOR:FLAGS with SELECTOR a train.py flag, e.g. "
+                                   "'--cfg=fastgan:--ngf=16 --ndf=16'; got {!r}".format(item))
+            pairs.append((selector.strip(), shlex.split(flags)))
+    out = {}
+    for selector, flags in pairs:
+        check_flags(flags, '--extra-for {}'.format(selector))
+        out.setdefault(selector, []).extend(flags)
+    return out
+
+
+def apply_extra_for(methods, extra_for):
+    """Each method's flags plus the flags of every selector it carries (in --extra-for order)."""
+    out = {}
+    for name, flags in methods.items():
+        added = [f for selector, more in extra_for.items() if selector in flags for f in more]
+        out[name] = list(flags) + added
+    return out
+
+
 def check_flags(flags, where):
     for flag in flags:
         head = flag.split('=', 1)[0]
@@ -629,7 +662,14 @@ class Evaluator:
         return result
 
 
+def evaluated(cfg, snaps):
+    """The snapshots that get the metric: all, or all but the untrained tick-0 one with --skip-start."""
+    return [s for s in snaps if not (cfg.skip_start and s['tick'] == 0)]
+
+
 def primary_value(metric, results):
+    """The number a snapshot is ranked by: the metric's own key, else the first result
+    (FID for `fidkid*`: its results are {fid..., kid...})."""
     for key in (metric, metric + '_mean'):
         if key in results:
             return float(results[key])
@@ -702,7 +742,7 @@ def summarize(cfg, state, metric_key):
             entry = state.runs.get(run_key(method, seed), {})
             evals = entry.get('evals', {}).get(metric_key, {})
             snaps = []
-            for snap in entry.get('snapshots', []):
+            for snap in evaluated(cfg, entry.get('snapshots', [])):
                 ev = evals.get(snap['name'])
                 snaps.append(dict(snap, value=None if ev is None else ev['value'],
                                   results=None if ev is None else ev['results'],
@@ -714,9 +754,10 @@ def summarize(cfg, state, metric_key):
                        snapshots=snaps, error=entry.get('error'))
             if done:
                 best = pick(snaps, key=lambda s: s['value'])
-                run['best'] = dict(value=best['value'], tick=best['tick'], kimg=best['kimg'], seconds=best['seconds'])
                 last = snaps[-1]
-                run['final'] = dict(value=last['value'], tick=last['tick'], kimg=last['kimg'], seconds=last['seconds'])
+                for what, snap in (('best', best), ('final', last)):
+                    run[what] = dict(value=snap['value'], tick=snap['tick'], kimg=snap['kimg'],
+                                     seconds=snap['seconds'], results=snap['results'])
             runs.append(run)
     methods = {}
     for method in cfg.methods:
@@ -726,11 +767,28 @@ def summarize(cfg, state, metric_key):
             values = [r[what]['value'] for r in done]
             mean, std = mean_std(values)
             summary[what] = dict(mean=mean, std=std, values=values)
+        # The metric's other results (KID beside FID for fidkid*), at the same best and final snapshots.
+        summary['secondary'] = {}
+        for key in secondary_keys(cfg.metric, done):
+            summary['secondary'][key] = {what: dict(zip(('mean', 'std'), mean_std(
+                [r[what]['results'][key] for r in done]))) for what in ('best', 'final')}
         summary['final_kimg'] = mean_std([r['final']['kimg'] for r in done])[0]
         summary['final_seconds'] = mean_std([r['final']['seconds'] for r in done])[0]
         summary['curve'] = mean_curve(done)
         methods[method] = summary
     return dict(higher_is_better=higher, runs=runs, methods=methods)
+
+
+def secondary_keys(metric, runs):
+    """Result keys every finished run has besides the ranked one."""
+    keys = None
+    for run in runs:
+        for what in ('best', 'final'):
+            results = run[what].get('results') or {}
+            primary = next((k for k in (metric, metric + '_mean') if k in results), next(iter(results), None))
+            here = [k for k in results if k != primary]
+            keys = here if keys is None else [k for k in keys if k in here]
+    return keys or []
 
 
 def mean_curve(runs):
@@ -801,7 +859,8 @@ def write_outputs(cfg, state, metric_key, detector_files, command):
         config=dict(data=cfg.data, eval_data=cfg.eval_data, metric=cfg.metric, metric_key=metric_key,
                     higher_is_better=summary['higher_is_better'], detectors=detector_files,
                     kimg=cfg.kimg, minutes=cfg.minutes, tick=cfg.tick, snap=cfg.snap, seeds=cfg.seeds,
-                    extra=cfg.extra, device=cfg.device, budget=cfg.budget, methods=cfg.methods),
+                    extra=cfg.extra, device=cfg.device, budget=cfg.budget, methods=cfg.methods,
+                    skip_start=cfg.skip_start),
         runs=summary['runs'], methods=summary['methods'], table='results.md', plots=plots)
     write_json_atomic(os.path.join(cfg.outdir, 'results.json'), results)
     write_text_atomic(os.path.join(cfg.outdir, 'results.md'), markdown(cfg, results))
@@ -810,6 +869,9 @@ def write_outputs(cfg, state, metric_key, detector_files, command):
 
 def markdown(cfg, results):
     metric = cfg.metric
+    secondary = []
+    for summary in results['methods'].values():
+        secondary += [k for k in summary.get('secondary', {}) if k not in secondary]
     direction = 'higher is better' if results['config']['higher_is_better'] else 'lower is better'
     machine = results['machine']
     lines = ['# {} on {}'.format(metric, cfg.data), '',
@@ -823,15 +885,21 @@ def markdown(cfg, results):
                            for k, v in results['config']['detectors'].items()) or 'none'),
              '- Extra train.py flags: {}'.format(' '.join(cfg.extra) or 'none'),
              '- Command: `{}`'.format(results['command']), '',
-             '| Method | Seeds | Best {m} | Final {m} | Final kimg | Training time (s) |'.format(m=metric),
-             '|---|---|---|---|---|---|']
+             '| Method | Seeds | Best {m} | Final {m} |{sec} Final kimg | Training time (s) |'.format(
+                 m=metric, sec=''.join(' {} at best | Final {} |'.format(k, k) for k in secondary)),
+             '|---|---|---|---|' + '---|---|' * len(secondary) + '---|---|']
     for method, summary in results['methods'].items():
-        lines.append('| {} | {} | {} | {} | {} | {} |'.format(
-            method, summary['n'], fmt_mean_std(summary['best']), fmt_mean_std(summary['final']),
-            fmt(summary['final_kimg']), fmt(summary['final_seconds'])))
-    lines += ['', 'Best: the best snapshot of each run; final: its last snapshot (at the budget). Mean ± sample '
-              'standard deviation over seeds (no ± with one seed). Training time: train.py\'s Timing/total_sec '
-              'at the final snapshot, mean over seeds.', '']
+        cells = [method, summary['n'], fmt_mean_std(summary['best']), fmt_mean_std(summary['final'])]
+        for key in secondary:
+            stats = summary['secondary'].get(key)
+            cells += [fmt_mean_std(stats['best']), fmt_mean_std(stats['final'])] if stats else ['–', '–']
+        cells += [fmt(summary['final_kimg']), fmt(summary['final_seconds'])]
+        lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+    lines += ['', 'Best: the best snapshot of each run by {}; final: its last snapshot (at the budget){}. Mean ± '
+              'sample standard deviation over seeds (no ± with one seed). Training time: train.py\'s '
+              'Timing/total_sec at the final snapshot, mean over seeds.'.format(
+                  metric, '; ' + ', '.join(secondary) + ' are taken at those same snapshots' if secondary else ''),
+              '']
     for plot in results['plots']:
         lines.append('![{}]({})'.format(plot['title'], plot['file']))
     lines += ['', '## Runs', '', '| Method | Seed | Status | Snapshots | Best (kimg) | Final (kimg) | Folder |',
@@ -992,6 +1060,7 @@ def draw_plots(cfg, summary):
 
 class Config:
     def __init__(self, **kwargs):
+        self.skip_start = False
         self.__dict__.update(kwargs)
 
     def run_dir(self, method, seed, *sub):
@@ -1040,7 +1109,7 @@ def _compare_locked(cfg, command):
         entry = state.runs.setdefault(key, dict(method=method, seed=seed, spec=run_spec(cfg, method, seed),
                                                 status='pending', evals={}))
         evals = entry.setdefault('evals', {}).setdefault(metric_key, {})
-        if entry['status'] == 'finished' and all(s['name'] in evals for s in entry['snapshots']):
+        if entry['status'] == 'finished' and all(s['name'] in evals for s in evaluated(cfg, entry['snapshots'])):
             say('{}: finished earlier; skipped'.format(head))
             continue
 
@@ -1072,7 +1141,7 @@ def _compare_locked(cfg, command):
         if evaluator is None:
             evaluator = Evaluator(cfg)
         snap_dir = cfg.run_dir(method, seed, 'snapshots')
-        for snap in entry['snapshots']:
+        for snap in evaluated(cfg, entry['snapshots']):
             if snap['name'] in evals:
                 continue
             result = evaluator(os.path.join(snap_dir, snap['name']))
@@ -1099,6 +1168,49 @@ def _compare_locked(cfg, command):
 
 # ----------------------------------------------------------------------------
 # Command line.
+
+
+def _substitute(value, values):
+    """`{name}` -> values[name] in the strings of a preset value (lists and dicts walked); other braces stay
+    (a flag such as --kd-template='A photo of a {label}' passes through)."""
+    if isinstance(value, str):
+        for name, text in values.items():
+            value = value.replace('{' + name + '}', str(text))
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_substitute(v, values) for v in value]
+    if isinstance(value, dict):
+        return {_substitute(k, values): _substitute(v, values) for k, v in value.items()}
+    return value
+
+
+def resolve_budget(name, outdir, known_keys):
+    """A preset of compare_methods.BUDGETS with its `prepare` step run and its placeholders filled.
+
+    `prepare` = (module:function, kwargs): called as function(outdir, **kwargs) before anything
+    else, it makes what the preset points at (data, detector, teacher) and returns the
+    placeholder values; the preset's strings may then say e.g. '{fmnist_train}'.
+    """
+    if name not in compare_methods.BUDGETS:
+        raise CompareError('--budget: no preset {!r}; defined: {}'.format(
+            name, ', '.join(compare_methods.BUDGETS) or 'none'))
+    preset = dict(compare_methods.BUDGETS[name])
+    hook = preset.pop('prepare', None)
+    unknown = set(preset) - set(known_keys)
+    if unknown:
+        raise CompareError('budget preset {} has unknown keys: {}'.format(name, ', '.join(sorted(unknown))))
+    values = {}
+    if hook is not None:
+        import importlib  # pylint: disable=import-outside-toplevel
+        target, kwargs = hook
+        module, _, func = target.partition(':')
+        say('[compare] budget {}: preparing data and networks ({})'.format(name, target))
+        os.makedirs(outdir, exist_ok=True)
+        try:
+            values = getattr(importlib.import_module(module), func)(outdir, **dict(kwargs))
+        except (OSError, ValueError) as err:
+            raise CompareError('budget {}: {}'.format(name, err))
+    return _substitute(preset, values)
 
 
 def _list_methods(ctx, param, value):
@@ -1135,8 +1247,14 @@ def _list_methods(ctx, param, value):
               'instead of Inception for FID/KID/IS', metavar='FILE')
 @click.option('--metric-module', help='Module(s) to import that register more metrics (comma list)',
               metavar='MOD')
+@click.option('--skip-start', help="Don't evaluate the tick-0 snapshot (the untrained networks): with "
+              'few snapshots and a slow metric, the curves start at the first trained one', is_flag=True,
+              default=None)
 @click.option('--extra', help='train.py flags appended to every run (split like a shell; may be repeated)',
               multiple=True, metavar='FLAGS')
+@click.option('--extra-for', help="train.py flags for the methods that carry SELECTOR among their flags, as "
+              "'SELECTOR:FLAGS', e.g. '--cfg=fastgan:--ngf=16 --ndf=16' (may be repeated)", multiple=True,
+              metavar='SEL:FLAGS')
 @click.option('--device', help='Where to train and evaluate [default: auto = cuda when available]',
               type=click.Choice(['auto', 'cpu', 'cuda']))
 @click.option('--budget', help='A preset from bench/compare_methods.py BUDGETS (explicit options win)',
@@ -1144,7 +1262,7 @@ def _list_methods(ctx, param, value):
 @click.option('--list-methods', help='Print the method table and exit', is_flag=True, expose_value=False,
               is_eager=True, callback=_list_methods)
 def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick, metric, better, detector_dir,
-         detector, metric_module, extra, device, budget):
+         detector, metric_module, skip_start, extra, extra_for, device, budget):
     """Train several methods side by side with train.py, evaluate every snapshot with one metric, and
     write results.json, results.md and plots of the metric against kimg and wall-clock.
 
@@ -1159,16 +1277,9 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
     """
     given = dict(data=data, eval_data=eval_data, methods=list(methods_text) or None, seeds=seeds, kimg=kimg,
                  minutes=minutes, snap=snap, tick=tick, metric=metric, detector_dir=detector_dir, detector=detector,
-                 extra=list(extra) or None, device=device)
+                 extra=list(extra) or None, extra_for=list(extra_for) or None, device=device, skip_start=skip_start)
     if budget is not None:
-        if budget not in compare_methods.BUDGETS:
-            raise CompareError('--budget: no preset {!r}; defined: {}'.format(
-                budget, ', '.join(compare_methods.BUDGETS) or 'none yet'))
-        preset = compare_methods.BUDGETS[budget]
-        unknown = set(preset) - set(given)
-        if unknown:
-            raise CompareError('budget preset {} has unknown keys: {}'.format(budget, ', '.join(sorted(unknown))))
-        for key, value in preset.items():
+        for key, value in resolve_budget(budget, os.path.abspath(os.path.expanduser(outdir)), set(given)).items():
             if given[key] is None:
                 given[key] = value
     if given['data'] is None:
@@ -1189,6 +1300,7 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
     for item in given['extra'] or []:
         extra_flags += shlex.split(item) if isinstance(item, str) else list(item)
     check_flags(extra_flags, '--extra')
+    extra_for_flags = parse_extra_for(given['extra_for'])
     outdir = os.path.abspath(os.path.expanduser(outdir))
     detector_dir = given['detector_dir']
     if detector_dir is not None:
@@ -1197,11 +1309,13 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
         os.makedirs(outdir, exist_ok=True)
         detector_dir = stage_detector(outdir, given['detector'], detector_dir)
     cfg = Config(outdir=outdir, data=given['data'], eval_data=given['eval_data'] or given['data'],
-                 methods=parse_methods(methods if isinstance(methods, list) else [methods]),
+                 methods=apply_extra_for(parse_methods(methods if isinstance(methods, list) else [methods]),
+                                         extra_for_flags),
                  seeds=parse_seeds(given['seeds'] if given['seeds'] is not None else '0'),
                  kimg=given['kimg'], minutes=given['minutes'], snap=given['snap'] or 10, tick=given['tick'],
                  metric=given['metric'] or 'fid5k_full', better=better, detector_dir=detector_dir,
-                 extra=extra_flags, device=given['device'] or 'auto', budget=budget)
+                 extra=extra_flags, device=given['device'] or 'auto', budget=budget,
+                 skip_start=bool(given['skip_start']))
     command = ' '.join(shlex.quote(a) for a in ['python', os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
                        + sys.argv[1:])
     previous = signal.signal(signal.SIGTERM, _interrupt)

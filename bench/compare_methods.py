@@ -6,7 +6,7 @@ methods differ only in what is listed here. Names follow `<backbone>+<aug>[+kdga
 
 The KD-DLGAN rows name the loss only: the teacher (`--teacher-weights` and
 friends, see train.py --help) is a property of the experiment, not of the
-method, so it goes in `--extra` or in a budget preset.
+method, so it goes in `--extra-for='--loss=kdgan.KDDLGAN:...'` or in a budget preset.
 
 Flags that the runner owns (--outdir, --seed, --kimg, --tick, --snap, --resume,
 --metrics, --dry-run) may not appear here or in `--extra`; see
@@ -28,7 +28,42 @@ DEFAULT_GRID = ['stylegan2+ada', 'stylegan2+diffaug', 'fastgan+diffaug', 'fastga
 # Budget presets for `compare.py --budget=NAME`: each is a dict of compare.py
 # option values used where the command line gives none. Accepted keys:
 #   data, eval_data, methods (list of names), seeds (list of ints), kimg, minutes,
-#   snap, tick, metric, detector_dir, detector, extra (list of train.py flags), device.
-# The Fashion-MNIST reproduction (issue 7) will add 'cpu' and 'gpu' here; until
-# then the table is empty and --budget names none.
-BUDGETS = {}
+#   snap, tick, metric, detector_dir, detector, extra (list of train.py flags),
+#   extra_for ({selector flag: [train.py flags]}: added to the methods that carry
+#   the selector), device, skip_start, and prepare: ('module:function', kwargs), called as
+#   function(outdir, **kwargs) first; it returns the values of the `{name}`
+#   placeholders used in the other entries.
+#
+# 'cpu' and 'gpu' are the Fashion-MNIST few-shot reproduction (issue 7;
+# bench/fmnist/prepare.py): 100 class-balanced training images at 64x64 (the
+# smallest resolution FastGAN builds), FID and KID of 5k generated images against
+# the 10k test images in the feature space of a CNN classifier trained on the 60k
+# training split, the KD-DLGAN teacher a small CLIP trained on the same split with
+# open_clip. Networks are scaled down to fit the budget; FastGAN's reconstruction
+# term is MSE because LPIPS needs NVIDIA's VGG16 file, which these machines lack.
+# ADA's p may move from 0 to 1 in a few kimg (upstream's 500 would keep it at 0
+# for the whole budget).
+
+_FMNIST = dict(
+    prepare=('bench.fmnist.prepare:prepare', {}),
+    data='{fmnist_train}', eval_data='{fmnist_test}', detector='{evaluator}', metric='fidkid5k_full',
+    methods=list(DEFAULT_GRID), seeds=[0, 1, 2],
+)
+_TEACHER = ['--teacher-weights={teacher_weights}', '--teacher-config={teacher_config}']
+
+BUDGETS = {
+    # About 100 minutes on 2 CPU cores (measured: see README "Measured results").
+    'cpu': dict(_FMNIST, kimg=3, tick=0.5, snap=3, skip_start=True, device='cpu',
+                extra=['--mirror=1', '--batch=16', '--workers=0'],
+                extra_for={'--cfg=auto': ['--cbase=2048', '--cmax=64', '--map-depth=2'],
+                           '--cfg=fastgan': ['--ngf=16', '--ndf=16', '--recon=mse'],
+                           '--aug=ada': ['--ada-kimg=5'],
+                           '--loss=kdgan.KDDLGAN': _TEACHER}),
+    # Meant for 20 minutes on one H100/H200 (not yet measured: no device was lent so far).
+    'gpu': dict(_FMNIST, kimg=40, tick=2, snap=5, skip_start=True, device='cuda',
+                extra=['--mirror=1', '--batch=32'],
+                extra_for={'--cfg=auto': ['--cbase=8192', '--cmax=256', '--map-depth=2'],
+                           '--cfg=fastgan': ['--ngf=32', '--ndf=32', '--recon=mse'],
+                           '--aug=ada': ['--ada-kimg=20'],
+                           '--loss=kdgan.KDDLGAN': _TEACHER}),
+}

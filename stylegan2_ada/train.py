@@ -67,6 +67,7 @@ BUILTIN_LOSS = 'stylegan2'
 CPU_GRID_CELLS = 8  # Image grids on the CPU: at most 8 x 8 cells (upstream's 32 x 32 costs seconds per snapshot).
 BUILTIN_AUGS = ('ada', 'noaug', 'fixed')
 DEFAULT_ADA_TARGET = 0.6
+DEFAULT_ADA_KIMG = 500  # upstream's ada_kimg: kimg for p to go from 0 to 1
 DEFAULT_AUGPIPE = 'bgc'
 # The names of training.augment.augpipe_specs, listed here so that `--help` and option
 # parsing need no torch (tests/test_train_cli.py checks that the two agree).
@@ -240,7 +241,8 @@ def previous_transfer_options(resume_path):
 
 def setup_training_loop_kwargs(
     gpus=1, snap=50, metrics=('fid50k_full',), seed=0, data=None, cond=None, subset=None, mirror=None,
-    cfg='auto', gamma=None, kimg=None, batch=None, aug=None, p=None, target=None, augpipe=None, resume=None,
+    cfg='auto', gamma=None, kimg=None, batch=None, aug=None, p=None, target=None, ada_kimg=None, augpipe=None,
+    resume=None,
     freezed=0, fp32=None, nhwc=None, nobench=None, allow_tf32=None, workers=3, device='auto', tick=4,
     loss=None, cbase=None, cmax=None, map_depth=None, mbstd_group=None, dry_run=False, ngf=None, ndf=None,
     grid=None, ema=None, detector_dir=None, teacher=None, teacher_weights=None, teacher_config=None, teacher_dir=None,
@@ -459,6 +461,8 @@ def setup_training_loop_kwargs(
         args.augment_p = aug_defaults.get('p', 0)
         args.ada_target = aug_defaults.get('target', None)
     adaptive = args.ada_target is not None
+    if adaptive:
+        args.ada_kimg = DEFAULT_ADA_KIMG
     if aug != 'ada' or aug_given:
         desc += f'-{aug}'
     if p is not None:
@@ -475,6 +479,12 @@ def setup_training_loop_kwargs(
             raise click.BadParameter('must be between 0 and 1', param_hint="'--target'")
         desc += f'-target{target:g}'
         args.ada_target = target
+    if ada_kimg is not None:
+        if not adaptive:
+            raise click.UsageError(f'--ada-kimg sets how fast ADA moves p; it needs --aug=ada (got --aug={aug})')
+        if ada_kimg <= 0:
+            raise click.BadParameter('must be > 0', param_hint="'--ada-kimg'")
+        desc += f'-adakimg{ada_kimg:g}'
     if augpipe is not None:
         if augpipe not in AUGPIPE_NAMES:
             raise click.BadParameter(f'{augpipe!r} is not one of {", ".join(AUGPIPE_NAMES)}',
@@ -503,6 +513,8 @@ def setup_training_loop_kwargs(
             args.ema_rampup = None  # The EMA of a trained network needs no ramp-up.
         else:
             args.update(previous_transfer_options(args.resume_pkl))  # An exact resume continues as it was.
+    if ada_kimg is not None:
+        args.ada_kimg = ada_kimg  # Explicit beats the resume default (100) and upstream's 500.
     if freezed:
         if freezed < 0:
             raise click.BadParameter('must be >= 0', param_hint="'--freezed'")
@@ -772,7 +784,8 @@ def print_summary(args, resolved, summary):
     print(f'Loss:               {resolved["loss"]["name"]} -> {resolved["loss"]["class_name"]} '
           f'[{resolved["loss"]["source"]}]')
     print(f'Augmentation:       {resolved["aug"]["name"]} -> {resolved["aug"]["class_name"]} '
-          f'[{resolved["aug"]["source"]}]' + (f', target {args.ada_target}' if args.ada_target is not None else '')
+          f'[{resolved["aug"]["source"]}]'
+          + (f', target {args.ada_target}, ada_kimg {args.get("ada_kimg", DEFAULT_ADA_KIMG):g}' if args.ada_target is not None else '')
           + (f', p {args.augment_p}' if args.augment_p else ''))
     print(f'Batch:              {args.batch_size} ({args.batch_gpu} per GPU/process)')
     print(f'Training duration:  {args.total_kimg} kimg, {args.kimg_per_tick} kimg per tick, '
@@ -823,6 +836,8 @@ def print_summary(args, resolved, summary):
               metavar='NAME')
 @click.option('--p', help='Augmentation probability for --aug=fixed', type=float)
 @click.option('--target', help='ADA target value for --aug=ada [default: 0.6]', type=float)
+@click.option('--ada-kimg', help='kimg for ADA to move p from 0 to 1 [default: 500, 100 when resuming from a '
+              'pickle]; short runs need it smaller', type=float, metavar='KIMG')
 @click.option('--augpipe', help='Augmentation pipeline [default: bgc]', type=click.Choice(sorted(AUGPIPE_NAMES)))
 # Transfer learning.
 @click.option('--resume', help='Resume from network pickle, checkpoint, run folder, URL or '

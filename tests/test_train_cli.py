@@ -204,6 +204,17 @@ def test_noaug_and_target(tmp_path, data32):
     assert opts['ada_target'] == 0.3
     assert opts['augment_kwargs']['cutout'] == 1 and opts['augment_kwargs']['noise'] == 1
     assert opts['run_dir'].endswith('-auto-target0.3-bgcfnc')
+    opts, _, _ = dry_run(tmp_path / 'runs', data32, '--ada-kimg=5')
+    assert opts['ada_kimg'] == 5 and opts['run_dir'].endswith('-auto-adakimg5')
+    opts, _, _ = dry_run(tmp_path / 'runs', data32)
+    assert opts['ada_kimg'] == 500  # upstream's default
+
+
+def test_ada_kimg_wins_over_the_resume_default(tmp_path, data32):
+    pkl = tmp_path / 'net.pkl'
+    pkl.write_bytes(b'not read by a dry run')
+    opts, _, _ = dry_run(tmp_path / 'runs', data32, '--resume', pkl, '--ada-kimg=20')
+    assert opts['ada_kimg'] == 20
 
 
 def test_resume_pickle_sets_upstream_transfer_options(tmp_path, data32):
@@ -229,7 +240,7 @@ def test_exact_resume_keeps_options(tmp_path, data32):
     opts, resolved, out = dry_run(tmp_path / 'runs', data32, '--resume', run)
     assert resolved['resume']['exact'] is True
     assert opts['resume_pkl'] == str(run / 'network-snapshot-000004.pkl')
-    assert 'ada_kimg' not in opts and opts['ema_rampup'] == 0.05
+    assert opts['ada_kimg'] == 500 and opts['ema_rampup'] == 0.05
     assert 'restores the full training state' in out
     (run / 'training_options.json').write_text(json.dumps(dict(ada_kimg=100, ema_rampup=None)))
     opts, _, _ = dry_run(tmp_path / 'runs', data32, '--resume', run)
@@ -339,6 +350,8 @@ def test_unknown_names_list_choices(tmp_path, data32, clean_registry):
     (['--aug=fixed', '--p=1.5'], ['--p', 'between 0 and 1']),
     (['--aug=noaug', '--target=0.5'], ['--target', 'needs --aug=ada']),
     (['--target=2'], ['--target', 'between 0 and 1']),
+    (['--aug=noaug', '--ada-kimg=5'], ['--ada-kimg', 'needs --aug=ada']),
+    (['--ada-kimg=0'], ['--ada-kimg', 'must be > 0']),
     (['--aug=noaug', '--augpipe=bgc'], ['--augpipe', 'does not apply to --aug=noaug']),
     (['--gamma=-1'], ['--gamma', 'must be >= 0']),
     (['--batch=5', '--gpus=2'], ['--batch=5 must be divisible by --gpus=2']),

@@ -198,6 +198,19 @@ def make_kid(max_real, num_gen, num_subsets=100, max_subset_size=1000, full=True
     return fn
 
 
+def make_fid_kid(max_real, num_gen, num_subsets=100, max_subset_size=1000):
+    """FID and KID from one set of features (`fidkid5k_full` -> {'fid5k_full': ..., 'kid5k_full': ...}):
+    for comparisons that report both, at the cost of one generation pass."""
+    def fn(opts):
+        _full(opts)
+        from metrics import kernel_inception_distance  # pylint: disable=import-outside-toplevel
+        fid, kid = kernel_inception_distance.compute_fid_kid(opts, max_real=max_real, num_gen=num_gen,
+                                                             num_subsets=num_subsets, max_subset_size=max_subset_size)
+        suffix = fn.__name__[len('fidkid'):]
+        return {'fid' + suffix: fid, 'kid' + suffix: kid}
+    return fn
+
+
 def make_pr(max_real, num_gen, nhood_size=3, row_batch_size=10000, col_batch_size=10000, full=True):
     def fn(opts):
         if full:
@@ -247,6 +260,7 @@ register_builtin('is50k', make_is(num_gen=50000), _INCEPTION)
 # The few-shot protocol (DiffAugment, FastGAN, KD-DLGAN): 5k generated vs the whole training set.
 register_builtin('fid5k_full', make_fid(max_real=None, num_gen=5000), _INCEPTION)
 register_builtin('kid5k_full', make_kid(max_real=None, num_gen=5000), _INCEPTION)
+register_builtin('fidkid5k_full', make_fid_kid(max_real=None, num_gen=5000), _INCEPTION)
 
 # Legacy (StyleGAN / StyleGAN2 papers).
 register_builtin('fid50k', make_fid(max_real=50000, num_gen=50000, full=False), _INCEPTION)
@@ -266,6 +280,7 @@ register_builtin('ppl_wend', make_ppl(num_samples=50000, space='w', sampling='en
 _SIZED = (
     (re.compile(r'fid([1-9][0-9]*)(k?)_full'), lambda n: make_fid(max_real=None, num_gen=n), _INCEPTION, 2),
     (re.compile(r'kid([1-9][0-9]*)(k?)_full'), lambda n: make_kid(max_real=1000000, num_gen=n), _INCEPTION, 2),
+    (re.compile(r'fidkid([1-9][0-9]*)(k?)_full'), lambda n: make_fid_kid(max_real=None, num_gen=n), _INCEPTION, 2),
     (re.compile(r'is([1-9][0-9]*)(k?)'), lambda n: make_is(num_gen=n), _INCEPTION, 10),
 )
 
