@@ -198,7 +198,8 @@ def check_flags(flags, where):
 def parse_seeds(text):
     """'0,1,2' or '0-2' or '0,5-6' -> [0, 1, 2] ..."""
     seeds = []
-    for part in str(text).split(','):
+    parts = [str(t) for t in text] if isinstance(text, (list, tuple)) else str(text).split(',')
+    for part in parts:
         part = part.strip()
         if not part:
             continue
