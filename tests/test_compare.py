@@ -24,6 +24,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench import compare  # noqa: E402
+from helpers import torch_threads  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.*deprecated:FutureWarning')
 
@@ -315,3 +316,109 @@ def test_history_lets_a_resumed_session_supersede_the_ticks_it_redid(tmp_path):
     assert compare.final_index(snaps, kimg=0.04, minutes=None) == 2
     assert compare.final_index(snaps, kimg=None, minutes=4.0 / 60) == 1
     assert compare.final_index(snaps, kimg=1.0, minutes=None) is None
+
+
+def test_parse_seeds_from_a_preset_list():
+    assert compare.parse_seeds([0, 1, 2]) == [0, 1, 2]
+
+
+def test_extra_for_adds_flags_to_the_methods_that_carry_the_selector():
+    extra_for = compare.parse_extra_for(['--cfg=fastgan:--ngf=16 --ndf=16', '--cfg=auto:--cbase=2048',
+                                         "--loss=kdgan.KDDLGAN:--teacher-config='my dir/t.json'",
+                                         '--cfg=fastgan:--recon=mse'])
+    assert extra_for == {'--cfg=fastgan': ['--ngf=16', '--ndf=16', '--recon=mse'], '--cfg=auto': ['--cbase=2048'],
+                         '--loss=kdgan.KDDLGAN': ['--teacher-config=my dir/t.json']}
+    methods = compare.apply_extra_for(compare.parse_methods(['stylegan2+ada,fastgan+kdgan']), extra_for)
+    assert methods == {
+        'stylegan2+ada': ['--cfg=auto', '--aug=ada', '--cbase=2048'],
+        'fastgan+kdgan': ['--cfg=fastgan', '--aug=diffaug', '--loss=kdgan.KDDLGAN', '--ngf=16', '--ndf=16',
+                          '--recon=mse', '--teacher-config=my dir/t.json']}
+    # A preset gives the same as a dict of lists (or of strings).
+    assert compare.parse_extra_for({'--cfg=auto': ['--cbase=2048'], '--cfg=fastgan': '--ngf=8'}) == {
+        '--cfg=auto': ['--cbase=2048'], '--cfg=fastgan': ['--ngf=8']}
+    with pytest.raises(compare.CompareError, match='SELECTOR:FLAGS'):
+        compare.parse_extra_for(['--ngf=16'])
+    with pytest.raises(compare.CompareError, match='--kimg is set by the runner'):
+        compare.parse_extra_for(['--cfg=auto:--kimg=3'])
+
+
+def test_budget_preset_runs_its_prepare_step_and_fills_placeholders(tmp_path, monkeypatch):
+    (tmp_path / 'myprep.py').write_text(
+        'def prep(outdir, size=1):\n'
+        '    return dict(train=outdir + "/train-%d.zip" % size, teacher="/t/w.pt")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(compare.compare_methods.BUDGETS, 'test', dict(
+        prepare=('myprep:prep', dict(size=7)), data='{train}', kimg=2, seeds=[0, 1],
+        extra=['--mirror=1', "--kd-template=A photo of a {label}"],
+        extra_for={'--loss=kdgan.KDDLGAN': ['--teacher-weights={teacher}']}))
+    out = str(tmp_path / 'out')
+    preset = compare.resolve_budget('test', out, {'data', 'kimg', 'seeds', 'extra', 'extra_for'})
+    assert preset == dict(data=out + '/train-7.zip', kimg=2, seeds=[0, 1],
+                          extra=['--mirror=1', '--kd-template=A photo of a {label}'],
+                          extra_for={'--loss=kdgan.KDDLGAN': ['--teacher-weights=/t/w.pt']})
+    with pytest.raises(compare.CompareError, match='unknown keys: kimg'):
+        compare.resolve_budget('test', out, {'data', 'seeds', 'extra', 'extra_for'})
+    with pytest.raises(compare.CompareError, match="no preset 'nope'"):
+        compare.resolve_budget('nope', out, set())
+
+
+def test_fmnist_presets_are_wellformed():
+    """The shipped presets name known methods, resolve their placeholders from prepare's keys,
+    and give every backbone of the grid its size flags."""
+    from bench.fmnist import prepare as fmnist_prepare
+    import inspect
+    keys = {'fmnist_train', 'fmnist_test', 'evaluator', 'teacher_weights', 'teacher_config'}
+    source = inspect.getsource(fmnist_prepare.prepare)
+    for key in keys:
+        assert key + '=' in source
+    for name in ('cpu', 'gpu'):
+        preset = compare.compare_methods.BUDGETS[name]
+        assert preset['prepare'][0] == 'bench.fmnist.prepare:prepare'
+        filled = compare._substitute({k: v for k, v in preset.items() if k != 'prepare'},
+                                     {k: '/x/' + k for k in keys})
+        assert not re.search(r'\{[a-z_]+\}', json.dumps(filled))
+        methods = compare.apply_extra_for(compare.parse_methods(filled['methods']),
+                                          compare.parse_extra_for(filled['extra_for']))
+        for flags in methods.values():
+            assert any(f.startswith(('--cbase', '--ngf')) for f in flags)
+            assert ('--loss=kdgan.KDDLGAN' in flags) == ('--teacher-weights=/x/teacher_weights' in flags)
+        assert filled['metric'] == 'fidkid5k_full' and filled['detector'] == '/x/evaluator'
+        assert len(filled['seeds']) == 3 and filled['skip_start'] is True
+
+
+def test_budget_with_skip_start_and_a_two_value_metric(tmp_path, monkeypatch):
+    """A preset end to end (in process): extra_for reaches train.py, the tick-0 snapshot is not
+    evaluated, and the table shows KID beside FID with the values of results.json."""
+    from click.testing import CliRunner
+    det = tmp_path / 'det.pt'
+    torch.jit.script(TinyDetector().eval()).save(str(det))
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.delenv('KDGAN_DETECTOR_DIR', raising=False)
+    monkeypatch.setitem(compare.compare_methods.BUDGETS, 'tiny', dict(
+        data='builtin:shapes-32', methods=['stylegan2+ada'], seeds=[0], kimg=0.032, tick=0.016, snap=1,
+        metric='fidkid64_full', detector=str(det), skip_start=True, device='cpu',
+        extra=['--batch=4', '--workers=0', '--map-depth=1'],
+        extra_for={'--cfg=auto': ['--cbase=256', '--cmax=32'], '--aug=ada': ['--ada-kimg=2']}))
+    out = tmp_path / 'out'
+    with torch_threads(1):
+        res = CliRunner().invoke(compare.main, ['--outdir', str(out), '--budget=tiny'], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with open(out / 'results.json', encoding='utf-8') as f:
+        results = json.load(f)
+    run = results['runs'][0]
+    assert [s['tick'] for s in run['snapshots']] == [1, 2]          # tick 0 kept on disk, not evaluated
+    assert (out / 'runs' / 'stylegan2+ada-seed0' / 'snapshots' / 'snapshot-seg00000-tick000000.pkl').exists()
+    assert '--cbase=256' in run['train_command'] and '--ada-kimg=2' in run['train_command']
+    assert results['config']['skip_start'] is True and results['config']['budget'] == 'tiny'
+    summary = results['methods']['stylegan2+ada']
+    assert set(summary['secondary']) == {'kid64_full'}
+    assert summary['final']['mean'] == run['snapshots'][-1]['results']['fid64_full']
+    kid_final = summary['secondary']['kid64_full']['final']['mean']
+    assert kid_final == run['snapshots'][-1]['results']['kid64_full']
+    text = (out / 'results.md').read_text(encoding='utf-8')
+    row = next(line for line in text.splitlines() if line.startswith('| stylegan2+ada | 1 |'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert len(cells) == 8
+    assert float(cells[3]) == pytest.approx(summary['final']['mean'], rel=5e-4)
+    assert float(cells[5]) == pytest.approx(kid_final, rel=5e-4, abs=1e-4)
+    assert 'kid64_full at best' in text

@@ -207,6 +207,33 @@ def test_fid_result_is_fid_of_the_two_feature_sets(env, cache_dir, monkeypatch):
     assert res == pytest.approx(expected, rel=1e-4)
 
 
+def test_fidkid_is_fid_and_kid_from_one_generation_pass(env, cache_dir, monkeypatch):
+    """fidkid64_full reports the FID and KID that fid64_full and kid64_full give on the same
+    generated images, and generates them once."""
+    calls = []
+    original = metric_utils.compute_feature_stats_for_generator
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get('max_items'))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(metric_utils, 'compute_feature_stats_for_generator', spy)
+    G = tiny_G()
+    torch.manual_seed(3)
+    np.random.seed(3)
+    both = calc('fidkid64_full', G, env, detector_dir=env.det_dir).results
+    assert list(both) == ['fid64_full', 'kid64_full'] and calls == [64]
+    torch.manual_seed(3)
+    np.random.seed(3)
+    fid = calc('fid64_full', G, env, detector_dir=env.det_dir).results.fid64_full
+    torch.manual_seed(3)
+    np.random.seed(3)
+    kid = calc('kid64_full', G, env, detector_dir=env.det_dir).results.kid64_full
+    assert both.fid64_full == pytest.approx(fid, rel=1e-9) and both.fid64_full > 0
+    assert both.kid64_full == pytest.approx(kid, rel=1e-9)
+    assert metric_main.is_valid_metric('fidkid5k_full') and metric_main.required_detectors(['fidkid5k_full'])
+
+
 def test_real_stats_cache_written_once_and_reused(env, cache_dir, monkeypatch):
     loads = []
     original = dataset_lib.ImageFolderDataset._load_raw_image
