@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The Fashion-MNIST few-shot reproduction: BUDGET=cpu (about 2 hours on 2 cores) or gpu.
+BUDGET ?= cpu
 # Test processes: one per core is fastest here (each test process runs one thread).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: test test-gpu demo bench venv clean
+.PHONY: test test-gpu demo bench reproduce-fmnist venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,9 @@ test-gpu: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_networks.py
+
+reproduce-fmnist: $(STAMP)
+	$(PY) bench/compare.py --outdir=runs/fmnist-$(BUDGET) --budget=$(BUDGET)
 
 demo: $(STAMP)
 	DEMO_PYTHON=$(abspath $(PY)) bash scripts/demo.sh

@@ -11,8 +11,20 @@ with one metric, and write a table and curves.
     # A wall-clock budget per run (training time, summed over resumed sessions).
     python bench/compare.py ... --minutes=30 --tick=1 --snap=2
 
+    # Per-backbone sizes and the KD teacher: flags for the methods that carry a selector flag.
+    python bench/compare.py ... --extra-for='--cfg=fastgan:--ngf=32 --ndf=32' \\
+        --extra-for='--cfg=auto:--cbase=8192 --cmax=256' \\
+        --extra-for='--loss=kdgan.KDDLGAN:--teacher=ViT-B-32:openai'
+
+    # The Fashion-MNIST few-shot reproduction, everything prepared (data, evaluator, teacher):
+    python bench/compare.py --outdir=runs/fmnist-cpu --budget=cpu      # or --budget=gpu
+
 Methods are data (`bench/compare_methods.py`: name -> train.py flags). Every
-run gets the same `--data`, budget, `--tick/--snap` and `--extra` flags.
+run gets the same `--data`, budget, `--tick/--snap` and `--extra` flags, and
+the `--extra-for` flags of the selectors it carries. A `--budget` preset
+(compare_methods.BUDGETS) supplies every option the command line leaves out,
+after running its prepare step. `--skip-start` leaves the untrained tick-0
+snapshot unevaluated (kept on disk).
 
 Output, in `--outdir`:
 
@@ -1258,7 +1270,8 @@ def _list_methods(ctx, param, value):
               metavar='SEL:FLAGS')
 @click.option('--device', help='Where to train and evaluate [default: auto = cuda when available]',
               type=click.Choice(['auto', 'cpu', 'cuda']))
-@click.option('--budget', help='A preset from bench/compare_methods.py BUDGETS (explicit options win)',
+@click.option('--budget', help='A preset from bench/compare_methods.py BUDGETS: cpu or gpu (the Fashion-MNIST '
+              'reproduction); explicit options win',
               metavar='NAME')
 @click.option('--list-methods', help='Print the method table and exit', is_flag=True, expose_value=False,
               is_eager=True, callback=_list_methods)
@@ -1272,6 +1285,10 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
       python bench/compare.py --outdir=cmp --data=builtin:shapes-32 \\
         --methods=stylegan2+ada,stylegan2+diffaug --seeds=0,1 --kimg=20 --tick=1 --snap=5 \\
         --metric=fid1k_full --extra='--cbase=4096 --cmax=128'
+
+    \b
+    The Fashion-MNIST few-shot reproduction (5 methods x 3 seeds; data, evaluator and teacher made first):
+      python bench/compare.py --outdir=runs/fmnist-cpu --budget=cpu
 
     Interrupted, run the same command again: finished runs are skipped, an unfinished one continues
     from its newest checkpoint.

@@ -269,3 +269,39 @@ def test_teacher_differs_from_evaluator(teacher_run, evaluator_run):
     assert t_meta["seed"] != e_meta["seed"]
     assert teacher.DEFAULT_SEED != evaluator.DEFAULT_SEED
     assert "vision_cfg" in t_meta["model_cfg"] and e_meta["arch"].startswith("cnn")
+
+
+# ----------------------------------------------------------------------------
+# The comparison's prepare step (compare.py --budget=cpu|gpu).
+
+
+@needs_fmnist
+def test_prepare_writes_the_datasets_and_reuses_the_networks(tmp_path, evaluator_run, teacher_run):
+    from bench.fmnist import prepare
+    ev_dir, ev_meta = evaluator_run
+    te_dir, te_meta = teacher_run
+    kwargs = dict(evaluator_kwargs=dict(out_dir=str(ev_dir), epochs=1, seed=0, train_limit=TRAIN_LIMIT,
+                                        test_limit=TEST_LIMIT),
+                  teacher_kwargs=dict(out_dir=str(te_dir), epochs=1, seed=1, groups_per_batch=10,
+                                      train_limit=TRAIN_LIMIT, test_limit=TEST_LIMIT))
+    lines = []
+    values = prepare.prepare(str(tmp_path), log=lines.append, **kwargs)
+    assert values["evaluator"] == ev_meta["path"]
+    assert values["teacher_weights"] == te_meta["weights"] and values["teacher_config"] == te_meta["config"]
+    assert any("Reusing the evaluator" in line for line in lines) and any("Reusing the teacher" in line
+                                                                            for line in lines)
+    train_meta, train_imgs = _read_zip(values["fmnist_train"])
+    _, test_imgs = _read_zip(values["fmnist_test"])
+    assert len(train_imgs) == 100 and len(test_imgs) == 10000
+    assert {img.shape[:2] for img in list(train_imgs.values())[:5] + list(test_imgs.values())[:5]} == {(64, 64)}
+    labels = [label for _, label in train_meta["labels"]]
+    assert sorted(np.bincount(labels).tolist()) == [10] * 10
+    with open(tmp_path / "data" / "prepare.json", encoding="utf-8") as f:
+        record = json.load(f)
+    assert record["evaluator_test_accuracy"] == ev_meta["test_accuracy"] and record["resolution"] == 64
+    # A second call reuses both zips untouched.
+    stamps = {p: os.stat(values[p]).st_mtime_ns for p in ("fmnist_train", "fmnist_test")}
+    lines.clear()
+    assert prepare.prepare(str(tmp_path), log=lines.append, **kwargs) == values
+    assert {p: os.stat(values[p]).st_mtime_ns for p in stamps} == stamps
+    assert sum("reusing" in line for line in lines) == 2
