@@ -680,13 +680,17 @@ def evaluated(cfg, snaps):
     return [s for s in snaps if not (cfg.skip_start and s['tick'] == 0)]
 
 
-def primary_value(metric, results):
-    """The number a snapshot is ranked by: the metric's own key, else the first result
+def primary_key(metric, results):
+    """The result a snapshot is ranked by: the metric's own key, else the first one
     (FID for `fidkid*`: its results are {fid..., kid...})."""
     for key in (metric, metric + '_mean'):
         if key in results:
-            return float(results[key])
-    return float(next(iter(results.values())))
+            return key
+    return next(iter(results), None)
+
+
+def primary_value(metric, results):
+    return float(results[primary_key(metric, results)])
 
 
 def higher_is_better(metric, better):
@@ -798,8 +802,7 @@ def secondary_keys(metric, runs):
     for run in runs:
         for what in ('best', 'final'):
             results = run[what].get('results') or {}
-            primary = next((k for k in (metric, metric + '_mean') if k in results), next(iter(results), None))
-            here = [k for k in results if k != primary]
+            here = [k for k in results if k != primary_key(metric, results)]
             keys = here if keys is None else [k for k in keys if k in here]
     return keys or []
 
@@ -866,6 +869,7 @@ def budget_text(cfg):
 def write_outputs(cfg, state, metric_key, detector_files, command):
     summary = summarize(cfg, state, metric_key)
     plots = draw_plots(cfg, summary)
+    sample_rows = draw_samples(cfg, summary, os.path.join(cfg.outdir, SAMPLES_FILE))
     results = dict(
         created=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
         command=command, machine=machine_info(),
@@ -874,26 +878,28 @@ def write_outputs(cfg, state, metric_key, detector_files, command):
                     kimg=cfg.kimg, minutes=cfg.minutes, tick=cfg.tick, snap=cfg.snap, seeds=cfg.seeds,
                     extra=cfg.extra, device=cfg.device, budget=cfg.budget, methods=cfg.methods,
                     skip_start=cfg.skip_start),
-        runs=summary['runs'], methods=summary['methods'], table='results.md', plots=plots)
+        runs=summary['runs'], methods=summary['methods'], table='results.md', plots=plots,
+        samples=dict(file=SAMPLES_FILE, rows=sample_rows) if sample_rows else None)
     write_json_atomic(os.path.join(cfg.outdir, 'results.json'), results)
     write_text_atomic(os.path.join(cfg.outdir, 'results.md'), markdown(cfg, results))
     return results
 
 
 def markdown(cfg, results):
-    metric = cfg.metric
+    ranked = [r['final']['results'] for r in results['runs'] if r.get('final') and r['final'].get('results')]
+    metric = primary_key(cfg.metric, ranked[0]) if ranked else cfg.metric
     secondary = []
     for summary in results['methods'].values():
         secondary += [k for k in summary.get('secondary', {}) if k not in secondary]
     direction = 'higher is better' if results['config']['higher_is_better'] else 'lower is better'
     machine = results['machine']
-    lines = ['# {} on {}'.format(metric, cfg.data), '',
+    lines = ['# {} on {}'.format(cfg.metric, cfg.data), '',
              '- Date: {}; machine: {} ({}{})'.format(
                  results['created'], machine.get('host'), machine.get('cpu', machine.get('platform')),
                  ', ' + machine['gpu'] if machine.get('gpu') else ''),
              '- Budget: {}; seeds: {}'.format(budget_text(cfg), ', '.join(str(s) for s in cfg.seeds)),
              '- Metric: {} ({}), against {}; detector(s): {}'.format(
-                 metric, direction, cfg.eval_data,
+                 cfg.metric, direction, cfg.eval_data,
                  ', '.join('{} ({}, md5 {})'.format(k, os.path.basename(os.path.realpath(v['path'])), v['md5'][:12])
                            for k, v in results['config']['detectors'].items()) or 'none'),
              '- Extra train.py flags: {}'.format(' '.join(cfg.extra) or 'none'),
@@ -915,6 +921,9 @@ def markdown(cfg, results):
               '']
     for plot in results['plots']:
         lines.append('![{}]({})'.format(plot['title'], plot['file']))
+    if results.get('samples'):
+        lines += ['', 'Samples of the final snapshot of each method\'s first seed (the same latents in every row):',
+                  '', '![samples]({})'.format(results['samples']['file'])]
     lines += ['', '## Runs', '', '| Method | Seed | Status | Snapshots | Best (kimg) | Final (kimg) | Folder |',
               '|---|---|---|---|---|---|---|']
     for run in results['runs']:
@@ -1039,6 +1048,64 @@ def draw_chart(path, series, xlabel, ylabel, title, size=(960, 600)):
         draw.text((lx + 36, ly), s['name'], fill=(0, 0, 0), font=small)
         ly += 24
     img.save(path, format='PNG')
+
+
+SAMPLES_FILE = 'samples.png'
+SAMPLES_PER_METHOD = 12
+
+
+def _image_row(G, count):
+    """`count` images of G (uint8 HWC, RGB), z from seeds 0..count-1 as generate.py draws them;
+    conditional networks cycle through the classes."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+    images = []
+    with torch.no_grad():
+        for i in range(count):
+            z = torch.from_numpy(np.random.RandomState(i).randn(1, G.z_dim)).to(torch.float32)
+            c = torch.zeros([1, G.c_dim])
+            if G.c_dim:
+                c[0, i % G.c_dim] = 1
+            img = G(z, c, noise_mode='const')
+            img = (img[0].permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
+            images.append(np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[:, :, :3])
+    return images
+
+
+def draw_samples(cfg, summary, path, count=SAMPLES_PER_METHOD):
+    """One row per method: images of the final snapshot of its first finished seed (G_ema), the same
+    latents in every row, so the methods can be compared by eye. Returns the rows' descriptions."""
+    import legacy  # pylint: disable=import-outside-toplevel
+    from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+    rows = []
+    for method in cfg.methods:
+        run = next((r for r in summary['runs'] if r['method'] == method and 'final' in r), None)
+        if run is None:
+            continue
+        snap = run['snapshots'][-1]
+        pkl = os.path.join(cfg.run_dir(method, run['seed'], 'snapshots'), snap['name'])
+        with open(pkl, 'rb') as f:
+            data = legacy.load_network_pkl(f)
+        G = data['G_ema'] if data.get('G_ema') is not None else data['G']
+        G = copy.deepcopy(G).eval().requires_grad_(False).cpu()
+        rows.append((dict(method=method, seed=run['seed'], kimg=snap['kimg'], snapshot=os.path.relpath(pkl, cfg.outdir)),
+                     _image_row(G, count)))
+    if not rows:
+        return []
+    res = max(img.shape[0] for _, images in rows for img in images)
+    cell = max(64, min(res, 128))
+    label_w, pad, font = 250, 4, _font(14)
+    canvas = Image.new('RGB', (label_w + count * (cell + pad) + pad, len(rows) * (cell + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, (info, images) in enumerate(rows):
+        y = pad + r * (cell + pad)
+        text = '{}\nseed {}, {:g} kimg'.format(info['method'], info['seed'], info['kimg'])
+        draw.multiline_text((8, y + cell / 2 - 18), text, fill=(0, 0, 0), font=font, spacing=4)
+        for i, img in enumerate(images):
+            tile = Image.fromarray(img, 'RGB').resize((cell, cell), Image.NEAREST)
+            canvas.paste(tile, (label_w + pad + i * (cell + pad), y))
+    canvas.save(path, format='PNG')
+    return [info for info, _ in rows]
 
 
 def draw_plots(cfg, summary):

@@ -53,7 +53,7 @@ _TEACHER = ['--teacher-weights={teacher_weights}', '--teacher-config={teacher_co
 
 BUDGETS = {
     # About 100 minutes on 2 CPU cores (measured: see README "Measured results").
-    'cpu': dict(_FMNIST, kimg=2.5, tick=0.25, snap=5, skip_start=True, device='cpu',
+    'cpu': dict(_FMNIST, kimg=2, tick=0.25, snap=4, skip_start=True, device='cpu',
                 extra=['--mirror=1', '--batch=16', '--workers=0'],
                 extra_for={'--cfg=auto': ['--cbase=2048', '--cmax=64', '--map-depth=2'],
                            '--cfg=fastgan': ['--ngf=16', '--ndf=16', '--recon=mse'],

@@ -421,4 +421,13 @@ def test_budget_with_skip_start_and_a_two_value_metric(tmp_path, monkeypatch):
     assert len(cells) == 8
     assert float(cells[3]) == pytest.approx(summary['final']['mean'], rel=5e-4)
     assert float(cells[5]) == pytest.approx(kid_final, rel=5e-4, abs=1e-4)
-    assert 'kid64_full at best' in text
+    assert 'kid64_full at best' in text and 'Best fid64_full' in text
+    # The sample grid: one row per method, from the final snapshot of the first seed.
+    from PIL import Image
+    assert results['samples']['rows'] == [dict(method='stylegan2+ada', seed=0, kimg=run['snapshots'][-1]['kimg'],
+                                               snapshot=os.path.join('runs', 'stylegan2+ada-seed0', 'snapshots',
+                                                                     run['snapshots'][-1]['name']))]
+    with Image.open(out / 'samples.png') as img:
+        assert img.size[1] == 64 + 2 * 4 and img.size[0] > 12 * 64
+        assert len(img.convert('L').getcolors(maxcolors=1 << 16)) > 20   # images, not a blank canvas
+    assert '![samples](samples.png)' in text
