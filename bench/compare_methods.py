@@ -60,7 +60,7 @@ BUDGETS = {
                            '--aug=ada': ['--ada-kimg=5'],
                            '--loss=kdgan.KDDLGAN': _TEACHER}),
     # Meant for 20 minutes on one H100/H200 (not yet measured: no device was lent so far).
-    'gpu': dict(_FMNIST, kimg=40, tick=2, snap=5, skip_start=True, device='cuda',
+    'gpu': dict(_FMNIST, kimg=20, tick=1, snap=5, skip_start=True, device='cuda',
                 extra=['--mirror=1', '--batch=32'],
                 extra_for={'--cfg=auto': ['--cbase=8192', '--cmax=256', '--map-depth=2'],
                            '--cfg=fastgan': ['--ngf=32', '--ndf=32', '--recon=mse'],
