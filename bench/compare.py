@@ -981,11 +981,13 @@ def _text_size(draw, text, font):
 def draw_chart(path, series, xlabel, ylabel, title, size=(960, 600)):
     """A line chart: `series` = [dict(name, color, mean=[(x, y)], band=[(x, lo, hi)], seeds=[[(x, y)]])]."""
     from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
-    width, height = size
-    img = Image.new('RGB', size, (255, 255, 255))
-    draw = ImageDraw.Draw(img, 'RGBA')
     font, small = _font(16), _font(13)
-    left, right, top, bottom = 90, 230, 50, 70
+    probe = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+    legend_w = max([_text_size(probe, s['name'], small)[0] for s in series] + [100])
+    left, right, top, bottom = 90, legend_w + 70, 50, 70    # the legend column fits the longest name
+    width, height = max(size[0], left + right + 500), size[1]
+    img = Image.new('RGB', (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img, 'RGBA')
     xs, ys = [], []
     for s in series:
         for line in [s['mean']] + s['seeds']:
@@ -1108,6 +1110,11 @@ def draw_samples(cfg, summary, path, count=SAMPLES_PER_METHOD):
     return [info for info, _ in rows]
 
 
+def data_name(path):
+    """A dataset's short name for titles: the file or folder name."""
+    return os.path.basename(os.path.normpath(path)) if os.sep in str(path) else str(path)
+
+
 def draw_plots(cfg, summary):
     plots = []
     runs_by_method = {}
@@ -1129,7 +1136,7 @@ def draw_plots(cfg, summary):
         if not series:
             continue
         name = '{}_vs_{}.png'.format(safe_name(cfg.metric), suffix)
-        title = '{} vs {} on {} (mean over seeds)'.format(cfg.metric, xlabel.split(' (')[0], cfg.data)
+        title = '{} vs {} on {} (mean over seeds)'.format(cfg.metric, xlabel.split(' (')[0], data_name(cfg.data))
         draw_chart(os.path.join(cfg.outdir, name), series, xlabel, cfg.metric, title)
         plots.append(dict(file=name, x=axis, title=title))
     return plots

@@ -52,7 +52,7 @@ _FMNIST = dict(
 _TEACHER = ['--teacher-weights={teacher_weights}', '--teacher-config={teacher_config}']
 
 BUDGETS = {
-    # About 100 minutes on 2 CPU cores (measured: see README "Measured results").
+    # 93 minutes on 2 CPU cores with the evaluator and teacher cached (2026-11-21; README "Results so far").
     'cpu': dict(_FMNIST, kimg=2, tick=0.25, snap=4, skip_start=True, device='cpu',
                 extra=['--mirror=1', '--batch=16', '--workers=0'],
                 extra_for={'--cfg=auto': ['--cbase=2048', '--cmax=64', '--map-depth=2'],
