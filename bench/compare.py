@@ -34,6 +34,8 @@ Output, in `--outdir`:
     <metric>_vs_kimg.png         metric against kimg, one colour per method: the mean over seeds
     <metric>_vs_time.png         and against training wall-clock seconds (thin lines: single seeds,
                                  band: ± one std where there are several seeds)
+    samples.png                  one row per method: the final snapshot of its first seed, the same
+                                 latents in every row
     runs/<method>-seed<S>/train/       train.py's run folder(s): one per training session
     runs/<method>-seed<S>/snapshots/   every snapshot, kept under a unique name, and
                                        metric-<name>.jsonl (the harness's report format)
