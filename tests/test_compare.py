@@ -1,8 +1,9 @@
 """bench/compare.py end to end on CPU: two methods on builtin:shapes-32 with a tiny network, a
-tiny budget (3 snapshots per run, all sharing train.py's file name network-snapshot-000000.pkl),
+tiny budget (5 snapshots per run, all sharing train.py's file name network-snapshot-000000.pkl),
 one seed, and a tiny TorchScript detector with NVIDIA's call signature for fid64_full.
 
-The comparison is interrupted (SIGTERM) while the second run trains and then run again: the
+The comparison is interrupted (SIGTERM) while the second run trains (at its tick 1 of 4, so that a
+loaded machine still stops it well before its end) and then run again: the
 finished run must be skipped untouched, the unfinished one continued from its checkpoint.
 Then results.json must hold what train.py and the metric measured, the table the same numbers,
 and the plots real content. Plus the fast parts: method/seed parsing and history merging."""
@@ -54,7 +55,7 @@ class TinyDetector(torch.nn.Module):
         return torch.softmax(self.out(features), dim=1)
 
 
-def compare_args(outdir, det_dir, kimg='0.064'):
+def compare_args(outdir, det_dir, kimg='0.128'):
     return [sys.executable, COMPARE, '--outdir=' + outdir, '--data=builtin:shapes-32',
             '--methods=' + ','.join(METHODS), '--seeds=0', '--kimg=' + kimg, '--tick=0.032', '--snap=1',
             '--metric=' + METRIC, '--detector-dir=' + det_dir, '--device=cpu',
@@ -168,9 +169,9 @@ def test_results_json_holds_what_was_measured(grid):
     for run in results['runs']:
         folder = os.path.join(outdir, run['run_dir'])
         snaps = run['snapshots']
-        # Three snapshots (ticks 0, 1, 2) although train.py wrote all three as network-snapshot-000000.pkl.
-        assert [s['tick'] for s in snaps] == [0, 1, 2]
-        assert [s['kimg'] for s in snaps] == [0.004, 0.036, 0.064]
+        # Five snapshots (ticks 0-4) although train.py wrote all five as network-snapshot-000000.pkl.
+        assert [s['tick'] for s in snaps] == [0, 1, 2, 3, 4]
+        assert [s['kimg'] for s in snaps] == [0.004, 0.036, 0.068, 0.1, 0.128]
         seconds = [s['seconds'] for s in snaps]
         assert seconds == sorted(seconds) and seconds[0] > 0
         with open(os.path.join(folder, 'snapshots', 'metric-{}.jsonl'.format(METRIC)), encoding='utf-8') as f:
@@ -189,8 +190,8 @@ def test_results_json_holds_what_was_measured(grid):
             assert math.isfinite(snap['value']) and snap['value'] > 0
             assert snap['value'] == reported[snap['name']]
             assert snap['results'] == {METRIC: snap['value']}
-        assert len({s['value'] for s in snaps}) == 3   # three different networks were measured
-        assert run['final']['value'] == snaps[-1]['value'] and run['final']['kimg'] == 0.064
+        assert len({s['value'] for s in snaps}) == 5   # five different networks were measured
+        assert run['final']['value'] == snaps[-1]['value'] and run['final']['kimg'] == 0.128
         assert run['best']['value'] == min(s['value'] for s in snaps)
         summary = results['methods'][run['method']]
         assert summary['n'] == 1 and summary['seeds'] == [0]
@@ -265,7 +266,7 @@ def test_plots_are_pngs_with_one_line_per_method(grid):
 
 
 def test_other_settings_in_the_same_outdir_are_refused(grid):
-    res = subprocess.run(compare_args(grid['outdir'], grid['det_dir'], kimg='0.1'), cwd=ROOT, env=grid['env'],
+    res = subprocess.run(compare_args(grid['outdir'], grid['det_dir'], kimg='0.2'), cwd=ROOT, env=grid['env'],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, check=False)
     assert res.returncode != 0
     assert 'trained with other settings' in res.stdout
