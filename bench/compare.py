@@ -524,6 +524,13 @@ def checkpoint_since(seg, timestamp):
     return False
 
 
+def _child_signals():
+    """In train.py's process, before exec: SIGINT back to its default. A runner started in the
+    background (`cmd &`, nohup) inherits SIGINT ignored, and so would train.py, which then could not
+    be stopped by `stop_process` and would run on, unwatched, after the runner ended."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop_process(proc, grace=STOP_GRACE_SECONDS):
     """Interrupt train.py (SIGINT: Python's KeyboardInterrupt, its files are written atomically),
     then kill it if it does not end within `grace` seconds."""
@@ -559,7 +566,8 @@ def train_run(cfg, method, seed, label, log):
     with open(log, 'a', encoding='utf-8') as logf:
         logf.write('\n$ {}\n'.format(' '.join(shlex.quote(a) for a in cmd)))
         proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(),  # pylint: disable=consider-using-with
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                preexec_fn=_child_signals if os.name == 'posix' else None)
         say('[compare] {}: training {} (train.py pid {})'.format(
             label, 'from scratch' if resume is None else 'resumed from ' + os.path.relpath(resume, cfg.outdir),
             proc.pid))
