@@ -48,8 +48,8 @@ def kid_from_features(real_features, gen_features, num_subsets=100, max_subset_s
     return (kid, values) if return_subsets else kid
 
 
-def compute_kid(opts, max_real, num_gen, num_subsets, max_subset_size, batch_size=64):
-    """KID of `opts.G`; NaN on ranks other than 0."""
+def _all_features(opts, max_real, num_gen, batch_size):
+    """Every real and generated feature vector (the Inception pool features), as KID needs them."""
     url = frechet_inception_distance.DETECTOR_URL
     kwargs = frechet_inception_distance.DETECTOR_KWARGS
     real = metric_utils.compute_feature_stats_for_dataset(
@@ -58,6 +58,12 @@ def compute_kid(opts, max_real, num_gen, num_subsets, max_subset_size, batch_siz
     gen = metric_utils.compute_feature_stats_for_generator(
         opts=opts, detector_url=url, detector_kwargs=kwargs, rel_lo=0, rel_hi=1,
         capture_all=True, max_items=num_gen, batch_size=batch_size).get_all()
+    return real, gen
+
+
+def compute_kid(opts, max_real, num_gen, num_subsets, max_subset_size, batch_size=64):
+    """KID of `opts.G`; NaN on ranks other than 0."""
+    real, gen = _all_features(opts, max_real, num_gen, batch_size)
     if opts.rank != 0:
         return float('nan')
     return kid_from_features(real, gen, num_subsets=num_subsets, max_subset_size=max_subset_size)
@@ -67,14 +73,7 @@ def compute_fid_kid(opts, max_real, num_gen, num_subsets, max_subset_size, batch
     """(FID, KID) from one pass over the real and the generated images: the features are captured
     once and both statistics computed from them, so the pair costs what one of them costs.
     FID here equals `compute_fid`'s (same mean/cov estimator). NaNs on ranks other than 0."""
-    url = frechet_inception_distance.DETECTOR_URL
-    kwargs = frechet_inception_distance.DETECTOR_KWARGS
-    real = metric_utils.compute_feature_stats_for_dataset(
-        opts=opts, detector_url=url, detector_kwargs=kwargs, rel_lo=0, rel_hi=0,
-        capture_all=True, max_items=max_real, batch_size=batch_size).get_all()
-    gen = metric_utils.compute_feature_stats_for_generator(
-        opts=opts, detector_url=url, detector_kwargs=kwargs, rel_lo=0, rel_hi=1,
-        capture_all=True, max_items=num_gen, batch_size=batch_size).get_all()
+    real, gen = _all_features(opts, max_real, num_gen, batch_size)
     if opts.rank != 0:
         return float('nan'), float('nan')
     fid = frechet_inception_distance.fid_from_features(real, gen)
