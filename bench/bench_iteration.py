@@ -49,7 +49,6 @@ import train as train_cli  # noqa: E402  (stylegan2_ada/train.py: option resolut
 from torch_utils import misc  # noqa: E402
 from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix  # noqa: E402
 
-#----------------------------------------------------------------------------
 # Where and when.
 
 
@@ -84,7 +83,6 @@ def machine_info(device):
         info['gpu'] = torch.cuda.get_device_name(device)
     return info
 
-#----------------------------------------------------------------------------
 # One setup: resolve with train.py, build as training_loop does, time its phases.
 
 
@@ -263,7 +261,6 @@ class Setup:
                     main_sec=main, reg_amortised_sec=reg, sec_per_iter=total, it_per_sec=1.0 / total,
                     timed_iters=len(self.ema_times), peak_mem_gb=self.peak_mem_gb)
 
-#----------------------------------------------------------------------------
 
 
 def _fmt_phases(s):

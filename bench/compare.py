@@ -118,7 +118,6 @@ class CompareError(click.ClickException):
 class RunFailed(Exception):
     """train.py ended without reaching the budget."""
 
-# ----------------------------------------------------------------------------
 # Methods, seeds, flags.
 
 
@@ -237,7 +236,6 @@ def safe_name(name):
 def run_key(method, seed):
     return '{}@seed{}'.format(method, seed)
 
-# ----------------------------------------------------------------------------
 # Reading a training session: stats.jsonl lines and the snapshots they belong to.
 
 
@@ -411,7 +409,6 @@ def latest_checkpoint(segments):
             return best[1]
     return None
 
-# ----------------------------------------------------------------------------
 # State, written atomically.
 
 
@@ -462,7 +459,6 @@ def outdir_lock(outdir):
                                .format(outdir))
         yield
 
-# ----------------------------------------------------------------------------
 # Training.
 
 
@@ -642,7 +638,6 @@ def train_run(cfg, method, seed, label, log):
             proc.returncode, '' if not stopped_by_us else ' (stopped by the runner)', '\n'.join(tail[-15:])))
     return snaps, final, segments
 
-# ----------------------------------------------------------------------------
 # Evaluation: metric_main in this process, seeded as calc_metrics.py seeds it.
 
 
@@ -744,7 +739,6 @@ def stage_detector(outdir, detector, detector_dir):
             shutil.copy2(path, link)
     return folder + (os.pathsep + detector_dir if detector_dir else '')
 
-# ----------------------------------------------------------------------------
 # Summaries.
 
 
@@ -948,7 +942,6 @@ def markdown(cfg, results):
         lines.append('- `{}`: `{}`'.format(method, ' '.join(flags)))
     return '\n'.join(lines) + '\n'
 
-# ----------------------------------------------------------------------------
 # Plots, drawn with Pillow.
 
 
@@ -1151,7 +1144,6 @@ def draw_plots(cfg, summary):
         plots.append(dict(file=name, x=axis, title=title))
     return plots
 
-# ----------------------------------------------------------------------------
 # The comparison.
 
 
@@ -1263,7 +1255,6 @@ def _compare_locked(cfg, command):
             len(failures), ', '.join(failures)))
     return results
 
-# ----------------------------------------------------------------------------
 # Command line.
 
 

@@ -141,7 +141,6 @@ def loop_options(cfg):
     return copy.deepcopy(LOOP_OPTIONS.get(cfg, {}))
 
 
-# ----------------------------------------------------------------------------
 # Applying a loss preset that wraps D.
 
 
@@ -194,7 +193,6 @@ def apply_loss_preset(name, options):
     return options
 
 
-# ----------------------------------------------------------------------------
 # Command-line options -> one explicit patch.
 
 

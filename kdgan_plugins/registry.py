@@ -86,7 +86,6 @@ _NAME_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.\-]*$')
 _registry = {kind: {} for kind in KINDS}
 
 
-# ----------------------------------------------------------------------------
 # Validation
 
 
@@ -153,7 +152,6 @@ def _normalise(kind, name, preset):
     return preset
 
 
-# ----------------------------------------------------------------------------
 # The registry
 
 
@@ -214,7 +212,6 @@ def defaults(kind, name):
     return lookup(kind, name).get('defaults', {})
 
 
-# ----------------------------------------------------------------------------
 # Patching
 
 
@@ -270,7 +267,6 @@ def apply(kind, name, options):
     return options
 
 
-# ----------------------------------------------------------------------------
 # Third-party plug-ins
 
 

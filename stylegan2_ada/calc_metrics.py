@@ -23,7 +23,6 @@ import click
 import dnnlib
 from metrics import detectors, metric_main
 
-#----------------------------------------------------------------------------
 
 
 def _comma_list(ctx, param, value):
@@ -117,7 +116,6 @@ def subprocess_fn(rank, args, temp_dir):
         if args.num_gpus > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
-#----------------------------------------------------------------------------
 
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
@@ -204,7 +202,6 @@ def calc_metrics(network_pkl, metrics, data, mirror, gpus, verbose, detector_dir
         else:
             torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=gpus)
 
-#----------------------------------------------------------------------------
 
 
 if __name__ == '__main__':

@@ -55,7 +55,6 @@ _FASHION_LABEL_HEADS = {"train": [9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9, 5, 5, 7, 9
 _RESAMPLE = {"box": PIL.Image.BOX, "lanczos": PIL.Image.LANCZOS}
 
 
-# ----------------------------------------------------------------------------
 # Sources: each gives display names, labels, class names and a loader per item.
 
 
@@ -375,7 +374,6 @@ def open_source(source: str, split: str = "train", resolution_hint: Optional[int
     raise DatasetError("{}: no such file or folder; check --source".format(source))
 
 
-# ----------------------------------------------------------------------------
 # Selection, geometry and the conversion itself
 
 
@@ -573,7 +571,6 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, re
     return summary
 
 
-# ----------------------------------------------------------------------------
 # Command line
 
 

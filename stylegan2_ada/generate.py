@@ -17,7 +17,6 @@ import torch
 import dnnlib
 import legacy
 
-#----------------------------------------------------------------------------
 
 def parse_range(text):
     """'0-3,7' -> [0, 1, 2, 3, 7]. Seeds must lie in [0, 2**32) for numpy's RandomState."""
@@ -90,7 +89,6 @@ def load_generator(network, device):
         raise click.ClickException(f'{network} contains no generator')
     return G.eval().requires_grad_(False).to(device)
 
-#----------------------------------------------------------------------------
 
 @click.command()
 @click.option('--network', 'network_pkl', help='Network pickle filename or URL', required=True, metavar='PATH')
@@ -146,7 +144,6 @@ def generate_images(network_pkl, seeds, truncation_psi, class_idx, noise_mode, p
             img = G(z, label, truncation_psi=truncation_psi, noise_mode=noise_mode)
             _to_pil(img).save(os.path.join(outdir, f'seed{seed:04d}.png'))
 
-#----------------------------------------------------------------------------
 
 if __name__ == '__main__':
     generate_images()  # pylint: disable=no-value-for-parameter

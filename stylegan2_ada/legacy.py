@@ -24,7 +24,6 @@ from torch_utils import misc
 NETWORK_KEYS = ('G', 'D', 'G_ema')
 ALL_KEYS = ('G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs')
 
-#----------------------------------------------------------------------------
 # Public entry point.
 
 def load_network_pkl(f, force_fp16=False):
@@ -78,7 +77,6 @@ def load_network_pkl(f, force_fp16=False):
 class _NotANetworkPickle(pickle.UnpicklingError):
     """Raised for files that are none of the supported pickle formats."""
 
-#----------------------------------------------------------------------------
 # force_fp16.
 
 def _rebuild_fp16(old, key):
@@ -103,7 +101,6 @@ def _rebuild_fp16(old, key):
         param.requires_grad_(old_params[name].requires_grad)
     return new
 
-#----------------------------------------------------------------------------
 # TensorFlow-era pickles.
 
 class _TFNetworkStub:
@@ -360,7 +357,6 @@ def _populate_module(module, rules, what):
             else:
                 raise _NotANetworkPickle(f'{what}: no TensorFlow variable maps to {name}')
 
-#----------------------------------------------------------------------------
 # Command line: convert a pickle (e.g. TF-era) into our format.
 
 @click.command()

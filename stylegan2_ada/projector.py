@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from generate import load_generator
 from metrics import detectors
 
-#----------------------------------------------------------------------------
 # The optimisation.
 
 
@@ -186,7 +185,6 @@ def project(
     ws_all = w_out.unsqueeze(1).repeat([1, G.num_ws, 1])
     return (ws_all, dists) if return_dists else ws_all
 
-#----------------------------------------------------------------------------
 # Command line.
 
 
@@ -288,7 +286,6 @@ def run_projection(network_pkl, target_fname, num_steps, seed, save_video, outdi
     np.savez(os.path.join(outdir, 'projected_w.npz'), w=ws[-1:].cpu().numpy().astype(np.float32))
     print(f'Wrote target.png, proj.png and projected_w.npz to {outdir}')
 
-#----------------------------------------------------------------------------
 
 if __name__ == '__main__':
     run_projection()  # pylint: disable=no-value-for-parameter

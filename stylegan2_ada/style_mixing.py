@@ -24,7 +24,6 @@ import torch
 
 import generate
 
-#----------------------------------------------------------------------------
 
 def _range_option(ctx, param, value):
     if value is None:
@@ -84,7 +83,6 @@ def make_grid(images, row_seeds, col_seeds):
             canvas[H * i:H * (i + 1), W * j:W * (j + 1)] = images[key]
     return canvas
 
-#----------------------------------------------------------------------------
 
 @click.command()
 @click.option('--network', 'network_pkl', help='Network pickle filename or URL', required=True, metavar='PATH')
@@ -127,9 +125,7 @@ def generate_style_mix(network_pkl, row_seeds, col_seeds, col_styles, truncation
     save_png(make_grid(images, row_seeds, col_seeds), os.path.join(outdir, 'grid.png'))
     print(f'Wrote {len(images)} images and grid.png to {outdir}')
 
-#----------------------------------------------------------------------------
 
 if __name__ == '__main__':
     generate_style_mix()  # pylint: disable=no-value-for-parameter
 
-#----------------------------------------------------------------------------

@@ -50,7 +50,6 @@ from training import shapes as shapes_lib
 # networks) is imported where it is needed, after the metric names and their
 # detector files have been checked: importing torch alone takes seconds.
 
-#----------------------------------------------------------------------------
 # Upstream's named `--resume` sources: network pickles that NVIDIA published
 # for transfer learning. They download through dnnlib.util.open_url.
 
@@ -73,7 +72,6 @@ DEFAULT_AUGPIPE = 'bgc'
 # parsing need no torch (tests/test_train_cli.py checks that the two agree).
 AUGPIPE_NAMES = ('blit', 'geom', 'color', 'filter', 'noise', 'cutout', 'bg', 'bgc', 'bgcf', 'bgcfn', 'bgcfnc')
 
-#----------------------------------------------------------------------------
 # Metrics: names and detector files, checked first (no torch needed).
 
 def check_metrics(metrics, detector_dir=None, check_files=True):
@@ -90,7 +88,6 @@ def check_metrics(metrics, detector_dir=None, check_files=True):
     except ValueError as err:
         raise click.UsageError(f'--metrics: {err}; or none')
 
-#----------------------------------------------------------------------------
 # Plug-in registry (optional: an upstream tree without kdgan_plugins has none).
 
 def load_registry():
@@ -144,7 +141,6 @@ def resolve_name(kind, name, builtins, registry, flag):
     hint = '' if registry is not None else ' (kdgan_plugins is not installed, so only built-in names exist)'
     raise click.UsageError(f'{flag}: unknown name {name!r}; choose from {_known(kind, builtins, registry)}{hint}')
 
-#----------------------------------------------------------------------------
 # Data.
 
 def materialize_data(data, dry_run):
@@ -174,7 +170,6 @@ def open_dataset(training_set_kwargs):
     except DatasetError as err:
         raise click.ClickException(f'bad --data: {err}')
 
-#----------------------------------------------------------------------------
 # Resume.
 
 def resolve_resume(resume):
@@ -235,7 +230,6 @@ def previous_transfer_options(resume_path):
     return {k: saved[k] for k in ('ada_kimg', 'ema_rampup') if k in saved}
 
 
-#----------------------------------------------------------------------------
 # Options: the dict that goes to training_loop (upstream's structure) plus
 # what each name resolved to.
 
@@ -654,7 +648,6 @@ def _merge_explicit(registry, args, explicit):
     for section, patch in explicit.items():
         merge(args[section], patch)
 
-#----------------------------------------------------------------------------
 # Run folders.
 
 def make_run_dir(outdir, desc):
@@ -685,7 +678,6 @@ def predict_run_dir(outdir, desc):
                 ids.append(int(match.group(1)))
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
-#----------------------------------------------------------------------------
 # Launch.
 
 
@@ -744,7 +736,6 @@ def launch(args):
     with tempfile.TemporaryDirectory(prefix='.dist-', dir=args.run_dir) as temp_dir:
         torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
 
-#----------------------------------------------------------------------------
 # Command line.
 
 def check_loss_assets(loss_kwargs, detector_dir=None):
@@ -939,9 +930,7 @@ def main(ctx, outdir, dry_run, **config_kwargs):
     finally:
         logger.close()
 
-#----------------------------------------------------------------------------
 
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter
 
-#----------------------------------------------------------------------------

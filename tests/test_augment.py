@@ -63,7 +63,6 @@ def moments(img):
     vy = (m * (ys[None, :, None] - my[:, None, None]) ** 2).sum(dim=(1, 2)) / mass
     return mx, my, vx, vy
 
-# ----------------------------------------------------------------------------
 # Filters
 
 
@@ -107,7 +106,6 @@ def test_octave_filter_bank_partitions_the_spectrum():
     assert list(np.argmax(response[:4], axis=1)) == [0, 1, 2, 3]         # each octave has its band
     assert np.allclose(response.sum(axis=1), 1)
 
-# ----------------------------------------------------------------------------
 # Presets, construction
 
 
@@ -146,7 +144,6 @@ def test_p_is_a_buffer_the_loop_can_set():
     pipe.p.copy_(torch.as_tensor(0.25))
     assert float(pipe.state_dict()['p']) == 0.25
 
-# ----------------------------------------------------------------------------
 # Identity
 
 
@@ -173,7 +170,6 @@ def test_resampling_path_reconstructs_an_untransformed_image():
     out = pipe._resample(x, mats, [7, 7, 7, 7], 3)
     assert (out - x).abs().max() < 1e-4
 
-# ----------------------------------------------------------------------------
 # Pixel blitting
 
 
@@ -220,7 +216,6 @@ def test_xint_is_an_integer_shift_of_the_reflect_padded_image():
     out = make_pipe(1.0, xint=1)(x[:1], debug_percentile=1.0)
     assert torch.equal(out[0, :, r:, r:], x[0, :, :-r, :-r])
 
-# ----------------------------------------------------------------------------
 # General geometry
 
 
@@ -283,7 +278,6 @@ def test_geometry_reflects_instead_of_leaking_black_borders():
     out = make_pipe(1.0, **augpipe_specs['bg'])(x)
     assert (out - 0.7).abs().max() < 1e-4
 
-# ----------------------------------------------------------------------------
 # Colour
 
 
@@ -363,7 +357,6 @@ def test_colour_on_grey_images():
     with pytest.raises(ValueError):
         make_pipe(1.0, brightness=1)(rand_images(2, c=2))
 
-# ----------------------------------------------------------------------------
 # Filtering and corruptions
 
 
@@ -421,7 +414,6 @@ def test_cutout_zeros_a_rectangle_of_the_configured_size():
     assert (h <= 4).all() and (w <= 4).all() and (h >= 2).all() and (w >= 2).all()
     assert (h == 4).float().mean() > 0.5                                    # full size unless clipped
 
-# ----------------------------------------------------------------------------
 # Gradients
 
 
@@ -478,7 +470,6 @@ def test_double_backward_matches_finite_differences():
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
     assert torch.autograd.gradgradcheck(f, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
 
-# ----------------------------------------------------------------------------
 # Pickles
 
 

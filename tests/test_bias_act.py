@@ -98,7 +98,6 @@ def test_ref_gradcheck(act):
         assert torch.autograd.gradgradcheck(fn, (x, b))
 
 
-# ----------------------------------------------------------------------------
 # The CUDA path's autograd Functions, exercised on CPU. FakeKernel implements the
 # three modes exactly as bias_act.h/.cu define them (same formulas), so gradcheck and
 # gradgradcheck here validate both the Function wiring and the derivative formulas the
@@ -187,7 +186,6 @@ def test_cuda_path_layouts_on_cpu():
     assert torch.autograd.gradgradcheck(lambda x, b: _cuda_path(kernel, x, b, 'tanh', dim=2), (x2, b2))
 
 
-# ----------------------------------------------------------------------------
 # GPU: the built kernel against the reference.
 
 def _rel_err(a, b):

@@ -63,7 +63,6 @@ def run_script(args, env, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
     return proc, time.time() - start
 
-#----------------------------------------------------------------------------
 
 
 def test_missing_detector_fails_fast_with_one_clear_line(setup, tmp_path):

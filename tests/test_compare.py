@@ -34,7 +34,6 @@ CALC_METRICS = os.path.join(ROOT, 'stylegan2_ada', 'calc_metrics.py')
 METHODS = ['stylegan2+ada', 'stylegan2+noaug']
 METRIC = 'fid64_full'
 
-#----------------------------------------------------------------------------
 # A stand-in for the Inception file: same call signature, a few thousand weights.
 
 
@@ -122,7 +121,6 @@ def grid(tmp_path_factory):
                 child_pid=child_pid, state_after_kill=state_after_kill, run1_tree=run1_tree, second=second,
                 results=results)
 
-#----------------------------------------------------------------------------
 
 
 def test_interrupt_stops_training_and_keeps_the_finished_run(grid):
@@ -272,7 +270,6 @@ def test_other_settings_in_the_same_outdir_are_refused(grid):
     assert 'trained with other settings' in res.stdout
     assert 'train.py pid' not in res.stdout and 'dry-run' not in res.stdout
 
-#----------------------------------------------------------------------------
 # The fast parts.
 
 

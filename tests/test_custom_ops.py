@@ -49,7 +49,6 @@ def test_digest_tracks_contents_not_paths(tmp_path):
     assert custom_ops.build_digest('m', [a], [h], {}, '8.0') != key              # header edits count
 
 
-# ----------------------------------------------------------------------------
 # Toolchain problems: a one-line reason and a fix, found before any compiler runs.
 
 def _cu_source(tmp_path):
@@ -108,7 +107,6 @@ def test_failures_are_remembered(fresh, monkeypatch):
     assert len(calls) == 1
 
 
-# ----------------------------------------------------------------------------
 # A real build through torch's cpp_extension, of a plain-C module (seconds, not minutes).
 
 PLAIN_SRC = textwrap.dedent('''\
@@ -196,7 +194,6 @@ def test_file_lock_serialises_builders(tmp_path):
     assert events == ['first released', 'second acquired']
 
 
-# ----------------------------------------------------------------------------
 # Fallback: the reference path, and exactly one warning per op however often it is called.
 
 def _pretend_cuda(monkeypatch, op):
@@ -267,7 +264,6 @@ def test_fallback_without_toolkit_in_a_fresh_process(tmp_path):
     assert len([ln for ln in lines if 'upfirdn2d:' in ln]) == 1
 
 
-# ----------------------------------------------------------------------------
 # Compile check: the real CUDA plugins build with nvcc (no GPU needed) and import.
 
 def _cuda_toolkit_unusable():

@@ -179,7 +179,6 @@ def test_writer_leaves_nothing_without_finish(tmp_path):
         ds.DatasetWriter(dest)
 
 
-# ---------------------------------------------------------------------------
 # Invalid inputs: each error names the offending file and the fix.
 
 

@@ -64,7 +64,6 @@ def rand_img(h, w, channels=3, seed=0):
     return np.random.RandomState(seed).randint(0, 256, size=shape).astype(np.uint8)
 
 
-# ---------------------------------------------------------------------------
 # builtin:shapes
 
 
@@ -120,7 +119,6 @@ def test_materialize_builtin_is_deterministic_and_reused(tmp_path):
     assert len(d) == 100 and d.resolution == 32 and d.class_names[2] == "triangle"
 
 
-# ---------------------------------------------------------------------------
 # Image folders and zips
 
 
@@ -256,7 +254,6 @@ def test_lmdb_reported_clearly_without_package(tmp_path):
     fails("--source", tmp_path / "src" / "db", "--dest", tmp_path / "o", needles=["LMDB", "pip install lmdb"])
 
 
-# ---------------------------------------------------------------------------
 # MNIST-format IDX and CIFAR-10, with fabricated miniature files
 
 
@@ -370,7 +367,6 @@ def test_cifar_refuses_foreign_pickles(tmp_path):
     fails("--source", tmp_path / "src", "--dest", tmp_path / "o", needles=["data_batch_1", "not a CIFAR-10"])
 
 
-# ---------------------------------------------------------------------------
 # Fashion-MNIST (the real files, when the Debian package is installed)
 
 

@@ -14,7 +14,6 @@ import dnnlib
 from dnnlib import util
 
 
-# ----------------------------------------------------------------------------
 # EasyDict
 
 
@@ -47,7 +46,6 @@ def test_easydict_deepcopy():
     assert d.a == [1, 2] and type(e) is dnnlib.EasyDict
 
 
-# ----------------------------------------------------------------------------
 # Names
 
 
@@ -100,7 +98,6 @@ def test_top_level_function_name():
     assert not util.is_top_level_function(lambda: 0)
 
 
-# ----------------------------------------------------------------------------
 # Formatting and logging
 
 
@@ -135,7 +132,6 @@ def test_logger_tees_and_restores(tmp_path, capsys):
     assert log_path.read_text().startswith(text) and log_path.read_text().endswith("second run\n")
 
 
-# ----------------------------------------------------------------------------
 # URLs and cache
 
 

@@ -48,7 +48,6 @@ def grad_norm(params):
     return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
 
 
-# ----------------------------------------------------------------------------
 # Hinge terms.
 
 
@@ -84,7 +83,6 @@ def test_fastgan_loss_uses_hinge_hooks():
         FastGANLoss('cpu', G.mapping, G.synthesis, D, pl_weight=2, terms={})
 
 
-# ----------------------------------------------------------------------------
 # Reconstruction term on its own.
 
 
@@ -177,7 +175,6 @@ def test_check_assets_fails_before_training_without_vgg16(tmp_path, monkeypatch)
     assert len(lines) == 1 and str(folder / 'vgg16.pt') in lines[0]
 
 
-# ----------------------------------------------------------------------------
 # The loss with FastGAN G/D and DiffAugment.
 
 

@@ -45,7 +45,6 @@ def one_thread():
     with torch_threads(1):
         yield
 
-# ----------------------------------------------------------------------------
 # Done-when 1: the official code's parameter counts.
 
 
@@ -110,7 +109,6 @@ def test_spectral_norm_normalises_the_largest_singular_value(transposed):
     conv.eval()(torch.randn(1, 6, 5, 5))
     assert torch.equal(conv.weight_u, u)
 
-# ----------------------------------------------------------------------------
 # Forward and backward on CPU, full width.
 
 
@@ -136,7 +134,6 @@ def test_forward_backward_full_width(res):
             assert torch.isfinite(p.grad).all(), f'{name}.{pname}'
     assert any(p.grad.abs().sum() > 0 for p in G.parameters())
 
-# ----------------------------------------------------------------------------
 # Structure at every resolution.
 
 
@@ -161,7 +158,6 @@ def test_lite_generator_has_only_plain_up_blocks():
     assert small_G(128, synthesis_kwargs=dict(lite=True)).synthesis.lite
     assert lite(torch.randn(2, 32), None).shape == (2, 3, 128, 128)
 
-# ----------------------------------------------------------------------------
 # The harness interface.
 
 
@@ -295,7 +291,6 @@ def test_harness_kwargs():
                                              synthesis_kwargs=dict(ngf=16))
     assert count(G2) == count(small_G(64))
 
-# ----------------------------------------------------------------------------
 # Conditioning.
 
 
@@ -330,7 +325,6 @@ def test_conditional_generator_and_discriminator():
     assert bn.embed_weight.grad is not None and bn.embed_weight.grad.abs().sum() > 0
     assert D.embed.weight_orig.grad.abs().sum() > 0
 
-# ----------------------------------------------------------------------------
 # The discriminator's extra outputs.
 
 
@@ -374,7 +368,6 @@ def test_discriminator_recon_at_64_and_quadrants():
     with pytest.raises(ValueError):
         D(x, None, recon=True, part=4)
 
-# ----------------------------------------------------------------------------
 # BatchNorm statistics for G_ema.
 
 
@@ -401,7 +394,6 @@ def test_recompute_bn_stats():
     Gc.recompute_bn_stats(num_batches=1, batch_size=4)
     Gc.recompute_bn_stats(num_batches=1, batch_size=4, c=torch.eye(3)[:1])
 
-# ----------------------------------------------------------------------------
 # Pickles.
 
 

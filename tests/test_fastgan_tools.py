@@ -61,7 +61,6 @@ Z_DIM = 32
 NUM_CLASSES = len(shapes.SHAPE_CLASSES)
 NUM_IMAGES = 40
 
-#----------------------------------------------------------------------------
 # Pickles in the harness format.
 
 
@@ -162,7 +161,6 @@ def same_files(dir_a, dir_b):
         assert (dir_a / name).read_bytes() == (dir_b / name).read_bytes(), name
     return names
 
-#----------------------------------------------------------------------------
 # generate.py
 
 
@@ -203,7 +201,6 @@ def test_generate_conditional_needs_class(nets, tmp_path):
         assert np.array_equal(class1, to_hwc_uint8(G(seed_z(G, 3), c, noise_mode='const')))
     assert not np.array_equal(class1, class4)                  # the label reaches the image
 
-#----------------------------------------------------------------------------
 # style_mixing.py
 
 
@@ -258,7 +255,6 @@ def test_style_mixing_all_styles_and_conditional(nets, tmp_path):
     assert not np.array_equal(mix, content) and not np.array_equal(mix, style)
     assert layout_corr(mix, content) > layout_corr(mix, style)
 
-#----------------------------------------------------------------------------
 # projector.py
 
 
@@ -331,7 +327,6 @@ def test_project_lowers_lpips(nets, vgg16):
     ws = projector.project(Gc, target, vgg16=vgg16, num_steps=2, w_avg_samples=100)
     assert ws.shape == (2, 2, Z_DIM + NUM_CLASSES) and torch.isfinite(ws).all()
 
-#----------------------------------------------------------------------------
 # calc_metrics.py
 
 

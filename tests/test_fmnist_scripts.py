@@ -29,7 +29,6 @@ TRAIN_LIMIT = 1000
 TEST_LIMIT = 500
 
 
-# ----------------------------------------------------------------------------
 # Hand-made cases (no data needed).
 
 
@@ -90,7 +89,6 @@ def test_grouped_clip_loss_is_clip_loss_within_each_group():
     assert float(got) == pytest.approx(float(want) / 3, rel=1e-5)
 
 
-# ----------------------------------------------------------------------------
 # Data export.
 
 
@@ -126,7 +124,6 @@ def test_few_shot_export_is_seeded_and_class_balanced(tmp_path):
     assert not train_x[:, :2].any() and not train_x[:, :, -2:].any()  # the zero padding
 
 
-# ----------------------------------------------------------------------------
 # Evaluator.
 
 
@@ -208,7 +205,6 @@ def test_evaluator_is_reused_not_retrained(evaluator_run, capsys):
     assert os.stat(out / evaluator.WEIGHTS_NAME).st_mtime_ns == stamp
 
 
-# ----------------------------------------------------------------------------
 # Teacher.
 
 
@@ -271,7 +267,6 @@ def test_teacher_differs_from_evaluator(teacher_run, evaluator_run):
     assert "vision_cfg" in t_meta["model_cfg"] and e_meta["arch"].startswith("cnn")
 
 
-# ----------------------------------------------------------------------------
 # The comparison's prepare step (compare.py --budget=cpu|gpu).
 
 

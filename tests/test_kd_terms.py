@@ -86,7 +86,6 @@ def run_agkd(term, x_real, x_fake, s_real, s_fake):
     return sum(float(v.detach().mean()) for v in out.values()), sorted(out), step[term.name].fired
 
 
-# ----------------------------------------------------------------------------
 # Done-when 1: each term equals its formula.
 
 
@@ -178,7 +177,6 @@ def test_cgkd_diversity_equals_formula(teacher):
     assert all(p.grad is None for p in teacher.parameters())
 
 
-# ----------------------------------------------------------------------------
 # Done-when 2: inside the loss core, where the gradients go.
 
 RES = 16

@@ -24,7 +24,6 @@ pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.*deprecated:FutureWar
 RES = 16
 NUM_IMAGES = 40
 
-#----------------------------------------------------------------------------
 # A stand-in detector: same inputs and keyword arguments as NVIDIA's files.
 
 
@@ -132,7 +131,6 @@ def direct_real_features(env, **detector_kwargs):
     with torch.no_grad():
         return det(torch.from_numpy(env.images), **detector_kwargs).double().numpy()
 
-#----------------------------------------------------------------------------
 # Small metrics for the tests, registered the public way.
 
 metric_main.register_builtin('pr64_test', metric_main.make_pr(max_real=None, num_gen=64, nhood_size=3),
@@ -142,7 +140,6 @@ metric_main.register_builtin('ppl_w_test', metric_main.make_ppl(num_samples=24, 
 metric_main.register_builtin('ppl_z_test', metric_main.make_ppl(num_samples=24, space='z', sampling='full',
                                                                 crop=True, batch_size=4), ('vgg16',))
 
-#----------------------------------------------------------------------------
 
 
 def test_fid_kid_is_pr_ppl_end_to_end(env, cache_dir):
@@ -306,7 +303,6 @@ def test_report_metric_appends_jsonl(tmp_path, capsys):
     assert entry['snapshot_pkl'] == 'network-snapshot-000010.pkl' and entry['results'] == {'fid64_full': 12.5}
     assert 'fid64_full' in capsys.readouterr().out
 
-#----------------------------------------------------------------------------
 # The registry and the resolver.
 
 

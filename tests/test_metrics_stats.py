@@ -30,7 +30,6 @@ def fid_closed_form(mu1, s1, mu2, s2):
     tr_sqrt = np.sqrt(np.clip(inner, 0, None)).sum()
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
 
-#----------------------------------------------------------------------------
 # FID
 
 
@@ -75,7 +74,6 @@ def test_fid_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         fid_from_stats(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
-#----------------------------------------------------------------------------
 # KID
 
 
@@ -126,7 +124,6 @@ def test_kid_subsets_mean_near_zero_and_positive_for_different_sets():
     assert abs(kid_same) < 0.05 * kid_diff
     assert kid_diff > 0
 
-#----------------------------------------------------------------------------
 # Precision / recall
 
 
@@ -151,7 +148,6 @@ def test_pr_half_inside_and_batching_invariance():
     assert 0 < recall <= 1
     assert pr_from_features(real, gen, nhood_size=3, row_batch_size=7, col_batch_size=13) == (precision, recall)
 
-#----------------------------------------------------------------------------
 # IS
 
 
@@ -175,7 +171,6 @@ def test_as_probabilities_keeps_probabilities_and_softmaxes_logits():
     assert np.allclose(as_probabilities(probs), probs)
     assert np.allclose(as_probabilities(logits), probs)
 
-#----------------------------------------------------------------------------
 # FeatureStats and PPL helpers
 
 

@@ -12,7 +12,6 @@ import torch
 from torch_utils import misc
 
 
-# ----------------------------------------------------------------------------
 # constant / nan_to_num
 
 
@@ -44,7 +43,6 @@ def test_nan_to_num():
     assert misc.nan_to_num(x, nan=7.0, posinf=1.0, neginf=-1.0).tolist() == [7.0, 1.0, -1.0, 1.5]
 
 
-# ----------------------------------------------------------------------------
 # Tracing helpers
 
 
@@ -99,7 +97,6 @@ def test_profiled_function_records_its_name():
     assert "kd_profiled_op" in [evt.name for evt in prof.events()]
 
 
-# ----------------------------------------------------------------------------
 # InfiniteSampler
 
 
@@ -151,7 +148,6 @@ def test_infinite_sampler_works_with_dataloader():
     assert all(b.shape == (3,) for b in batches)
 
 
-# ----------------------------------------------------------------------------
 # Parameters and buffers
 
 
@@ -266,7 +262,6 @@ def test_check_ddp_consistency_two_processes(tmp_path):
         assert result["inconsistent_detected"] == (rank == 1)  # rank 0 is the reference
 
 
-# ----------------------------------------------------------------------------
 # print_module_summary
 
 

@@ -54,7 +54,6 @@ def paper256():
     torch.manual_seed(0)
     return build('paper256', 256)
 
-#----------------------------------------------------------------------------
 # Reference sizes and names.
 
 def test_paper256_parameter_counts(paper256):
@@ -119,7 +118,6 @@ def test_conditional_D_has_mapping_and_projection():
     D2 = tiny_D(c_dim=5, cmap_dim=7)
     assert D2.b4.out.out_features == 7 and D2(img, c).shape == (4, 1)
 
-#----------------------------------------------------------------------------
 # The train.py presets.
 
 def test_resolve_cfg_auto_formulas():
@@ -198,7 +196,6 @@ def test_auto_big_matches_paper_architecture(res, twin):
     ws.square().mean().backward()
     assert all(p.grad is not None for p in G.mapping.parameters())
 
-#----------------------------------------------------------------------------
 # Generator behaviour.
 
 def test_num_ws_and_shape_assertions():
@@ -296,7 +293,6 @@ def test_generator_architectures(architecture):
     img.square().mean().backward()
     assert img.shape == (2, 3, 32, 32)
 
-#----------------------------------------------------------------------------
 # Discriminator behaviour.
 
 @pytest.mark.parametrize('architecture', ['orig', 'skip', 'resnet'])
@@ -379,7 +375,6 @@ def test_minibatch_std():
     D = tiny_D(epilogue_kwargs=dict(mbstd_group_size=4))
     assert D(torch.randn(3, 3, 32, 32), None).shape == (3, 1)
 
-#----------------------------------------------------------------------------
 # Precision.
 
 def test_fp16_decision_is_cuda_only():

@@ -154,7 +154,6 @@ def test_load_network_pkl_rejects_other_files(tmp_path, content):
         with pytest.raises(pickle.UnpicklingError, match='not a network pickle'):
             legacy.load_network_pkl(f)
 
-#----------------------------------------------------------------------------
 # TensorFlow-era pickles, synthesised from our networks under TF variable names.
 
 def tf_dense(fc):

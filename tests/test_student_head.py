@@ -43,7 +43,6 @@ def _inputs(name, c_dim=0, n=4, seed=1):
     c = torch.nn.functional.one_hot(torch.arange(n) % c_dim, c_dim).float() if c_dim else torch.zeros([n, 0])
     return img, c
 
-#----------------------------------------------------------------------------
 # StudentHead.
 
 
@@ -85,7 +84,6 @@ def test_student_head_runs_in_float32():
     out = head(torch.randn(3, 8, dtype=torch.float16))
     assert out.dtype == torch.float32
 
-#----------------------------------------------------------------------------
 # KDDiscriminator.
 
 

@@ -60,7 +60,6 @@ def _images(n=3, channels=3, size=16, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return torch.rand([n, channels, size, size], generator=gen) * 2 - 1
 
-#----------------------------------------------------------------------------
 # Specs and labels.
 
 
@@ -112,7 +111,6 @@ def test_resolve_labels(tmp_path, caplog):
     with pytest.raises(ValueError):
         resolve_labels(' , ')
 
-#----------------------------------------------------------------------------
 # Loading.
 
 
@@ -280,7 +278,6 @@ def test_random_teacher_only_when_asked_and_warns(tiny, caplog):
     with pytest.raises(TeacherSpecError):
         CLIPTeacher('random:tiny_clip', weights=weights, config=cfg)
 
-#----------------------------------------------------------------------------
 # Behaviour.
 
 

@@ -24,7 +24,6 @@ from kdgan_plugins import registry
 HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
 
 
-# ----------------------------------------------------------------------------
 # Helpers
 
 
@@ -91,7 +90,6 @@ def assert_clean_error(result, *phrases):
         assert phrase in result.output, result.output
 
 
-# ----------------------------------------------------------------------------
 # The cfg table (CONTRACT.md) through --dry-run
 
 CONTRACT_TABLE = {
@@ -258,7 +256,6 @@ def test_builtin_data_dry_run_writes_nothing(tmp_path):
     assert not os.path.exists(tmp_path / 'cache') and not os.path.exists(tmp_path / 'runs')
 
 
-# ----------------------------------------------------------------------------
 # Plug-in hook
 
 
@@ -339,7 +336,6 @@ def test_unknown_names_list_choices(tmp_path, data32, clean_registry):
     assert_clean_error(result, "--aug: unknown name 'nope'", 'ada', 'noaug', 'fixed', 'test.aug')
 
 
-# ----------------------------------------------------------------------------
 # Conflicts and bad input
 
 
@@ -405,7 +401,6 @@ def test_bad_dataset_names_file_and_fix(tmp_path):
     assert_clean_error(result, '--data', 'builtin:shapes')
 
 
-# ----------------------------------------------------------------------------
 # Run folders
 
 
@@ -443,7 +438,6 @@ def test_run_dir_race(tmp_path):
     assert sorted(os.path.basename(d) for d in made) == [f'{i:05d}-race' for i in range(8)]
 
 
-# ----------------------------------------------------------------------------
 # A real run
 
 
@@ -523,7 +517,6 @@ def test_two_process_run_with_third_party_preset(tmp_path):
     assert log.count('Training for 0.008 kimg') == 1  # rank 1 prints nothing
 
 
-# ----------------------------------------------------------------------------
 # Start-up checks before anything slow (issue 4: detector files; the loss' assets)
 
 

@@ -50,7 +50,6 @@ CLASS_NAMES = ['circle', 'square', 'triangle']
 HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
 
 
-# ----------------------------------------------------------------------------
 # Fixtures and helpers
 
 
@@ -123,7 +122,6 @@ def last_snapshot(run_dir):
         return pickle.load(f)
 
 
-# ----------------------------------------------------------------------------
 # The whole matrix resolves (dry run)
 
 CFGS = ('auto', 'paper256', 'cifar', 'fastgan')
@@ -246,7 +244,6 @@ def test_third_party_wrapping_loss_by_name(tmp_path, env, data64, monkeypatch):
         sys.modules.pop('thirdparty_kd', None)
 
 
-# ----------------------------------------------------------------------------
 # A tick of training: a representative subset, conditional and unconditional
 
 TRAIN_CASES = {
@@ -297,7 +294,6 @@ def test_kd_run_trains_a_tick(tmp_path, env, case):
     assert 'tick 1' in log
 
 
-# ----------------------------------------------------------------------------
 # FastGAN + DiffAugment learns builtin:shapes-64 (issue 5, criterion 2)
 
 
@@ -343,7 +339,6 @@ def test_fastgan_diffaug_learns_shapes(tmp_path, env, one_thread):
     assert PIL.Image.open(os.path.join(run_dir, 'reals.png')).size == (8 * 64, 8 * 64)
 
 
-# ----------------------------------------------------------------------------
 # The teacher's weights are resolved before training (issue 6, criterion 4, the CLI part)
 
 

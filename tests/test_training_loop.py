@@ -70,7 +70,6 @@ def latest_ckpt(run_dir):
     return torch.load(info.ckpt, map_location='cpu', weights_only=True)
 
 
-# ----------------------------------------------------------------------------
 # Pixel-space Frechet distance (criterion 3): tests/helpers.py.
 
 
@@ -137,7 +136,6 @@ def test_ada_p_moves_with_target(shapes_path, tmp_path):
     np.testing.assert_allclose(units, np.round(units), atol=1e-3)   # p moves in whole steps.
 
 
-# ----------------------------------------------------------------------------
 # Exact resume (criterion 4).
 
 def _resume_kwargs(path, **overrides):
@@ -282,7 +280,6 @@ def test_image_grid_groups_by_label(shapes_path, tmp_path):
     np.testing.assert_array_equal(pixels[RES:2 * RES, 2 * RES:3 * RES], images[gw + 2].transpose(1, 2, 0))
 
 
-# ----------------------------------------------------------------------------
 # Two gloo processes equal one process (criterion 5).
 #
 # Conditions that make the comparison exact up to float rounding:

@@ -116,7 +116,6 @@ def test_setup_filter():
     assert U.setup_filter([1, 1], device=torch.device('cpu')).device.type == 'cpu'
 
 
-# ----------------------------------------------------------------------------
 # The wrappers against independent resamplers.
 
 def test_upsample2d_box_is_nearest_neighbour():
@@ -163,7 +162,6 @@ def test_filter2d_same_size_true_convolution():
     assert U.filter2d(x, torch.rand(4, 2), padding=(1, 2)).shape == (2, 3, 7 + 4, 6 + 2)
 
 
-# ----------------------------------------------------------------------------
 # Derivatives.
 
 GRAD_CASES = [
@@ -218,7 +216,6 @@ def test_cuda_path_wiring_on_cpu(case):
     assert kernel.calls > 0
 
 
-# ----------------------------------------------------------------------------
 # GPU: the built kernel against the reference.
 
 def _rel_err(a, b):

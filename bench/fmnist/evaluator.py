@@ -54,7 +54,6 @@ WEIGHTS_NAME = "evaluator.pt"
 META_NAME = "evaluator.json"
 
 
-# ----------------------------------------------------------------------------
 # The network (scriptable; the preprocessing lives inside, so the file is self-contained).
 
 
@@ -100,7 +99,6 @@ class FMNISTClassifier(nn.Module):
         return self.head(self.dropout(f))
 
 
-# ----------------------------------------------------------------------------
 # Helpers shared with the tests and the comparison runner.
 
 
@@ -175,7 +173,6 @@ def balanced_subset(images: np.ndarray, labels: np.ndarray, limit: Optional[int]
     return images[idx], labels[idx]
 
 
-# ----------------------------------------------------------------------------
 # Training.
 
 

@@ -83,7 +83,6 @@ MODEL_CFG = {
 }
 
 
-# ----------------------------------------------------------------------------
 # Input convention, model creation and loading.
 
 
@@ -182,7 +181,6 @@ def grouped_clip_loss(loss_fn, image_features: torch.Tensor, text_features: torc
     return sum(loss_fn(image_features[g], text_features, logit_scale) for g in range(groups)) / groups
 
 
-# ----------------------------------------------------------------------------
 # Training.
 
 

@@ -195,7 +195,6 @@ class CGKD(_KDTerm):
         return {f'{self.name}_diversity': pairwise_cosine_sum(C_t) * self.diversity}
 
 
-# ----------------------------------------------------------------------------
 # Before training: the teacher's files and width.
 
 

@@ -43,7 +43,6 @@ import dnnlib
 __all__ = ['LossTerm', 'Reconstruction', 'hinge_D_real', 'hinge_D_gen', 'hinge_G', 'distance', 'DISTANCES',
            'build_terms', 'term_specs']
 
-# ----------------------------------------------------------------------------
 # Term specs: a dict {name: spec or None} (what presets use: dicts deep-merge,
 # so a loss preset can add a term to the terms a cfg already has, and None
 # switches a term off) or a list of specs (names from the spec or the class).
@@ -133,7 +132,6 @@ class LossTerm:
         return f'{type(self).__name__}({self.name!r})'
 
 
-# ----------------------------------------------------------------------------
 # Hinge adversarial terms. FastGAN's margin is random: for every element of the
 # logit map m = low + (high - low) * U(0, 1), drawn afresh per call from torch's
 # RNG on the logits' device (the official code draws rand_like(pred), i.e. per
@@ -162,7 +160,6 @@ def hinge_G(logits):
     return -logits
 
 
-# ----------------------------------------------------------------------------
 # Distances between batches of vectors a, b of shape [N, D].
 #   'l2'  per-sample Euclidean norm ||a_i - b_i||_2      -> [N] (averaged over the batch)
 #   'l1'  per-sample sum |a_i - b_i|                     -> [N] (averaged over the batch)
@@ -190,7 +187,6 @@ def distance(a, b, dist):
     raise ValueError(f'unknown distance {dist!r}; choose from {", ".join(DISTANCES)}')
 
 
-# ----------------------------------------------------------------------------
 # AE reconstruction (FastGAN's self-supervised discriminator).
 
 RECON_KINDS = ('lpips', 'mse', 'l1')

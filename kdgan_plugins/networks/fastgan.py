@@ -162,7 +162,6 @@ def _pop_ignored(kwargs, ignored, owner):
     if kwargs:
         raise TypeError(f'{owner}: unsupported arguments {sorted(kwargs)}')
 
-# ----------------------------------------------------------------------------
 # Spectrally normalised layers (bias-free).
 #
 # The raw weight is the parameter `weight_orig`; the power-iteration vectors
@@ -247,7 +246,6 @@ class SNLinear(_SpectralNormBase):
     def forward(self, x):
         return F.linear(x, self.normalized_weight().to(x.dtype))
 
-# ----------------------------------------------------------------------------
 # Normalisation and small blocks.
 
 
@@ -381,7 +379,6 @@ class SLEBlock(torch.nn.Module):
         s = torch.sigmoid(self.conv2(F.silu(self.conv1(s))))
         return big * s
 
-# ----------------------------------------------------------------------------
 # Generator.
 
 
@@ -580,7 +577,6 @@ class Generator(torch.nn.Module):
                 m.training = mode
         return self
 
-# ----------------------------------------------------------------------------
 # Discriminator.
 
 

@@ -56,7 +56,6 @@ import torch.nn.functional as F
 import dnnlib
 from torch_utils import persistence
 
-#----------------------------------------------------------------------------
 
 
 def _unit(vec, eps=1e-12):
@@ -120,7 +119,6 @@ class StudentHead(torch.nn.Module):
             raise ValueError(f'StudentHead expects features [N, {self.in_features}], got {list(feat.shape)}')
         return self.fc2(self.fc1(feat.float()))
 
-#----------------------------------------------------------------------------
 
 
 def _accepts_features(module) -> bool:
@@ -231,4 +229,3 @@ class KDDiscriminator(torch.nn.Module):
         return (f'backbone={self.backbone_class_name}, feature_source={self.feature_source}, '
                 f'feature_dim={self.feature_dim}, student_dim={self.student_dim}')
 
-#----------------------------------------------------------------------------

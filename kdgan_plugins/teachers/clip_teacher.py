@@ -107,7 +107,6 @@ class TeacherUnavailableError(FileNotFoundError):
 class TeacherSpecError(ValueError):
     """A malformed or unknown teacher spec (architecture, tag, or combination of options)."""
 
-#----------------------------------------------------------------------------
 # Specs and labels.
 
 
@@ -189,7 +188,6 @@ def format_prompts(labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> L
         raise ValueError("prompt template {!r} must contain '{{label}}'".format(template))
     return [template.format(label=label) for label in labels]
 
-#----------------------------------------------------------------------------
 # open_clip metadata without importing open_clip (its import takes seconds).
 
 
@@ -288,7 +286,6 @@ def weight_files_for_tag(tag_cfg: dict) -> List[Tuple[str, Optional[str]]]:
         files.append((os.path.basename(tag_cfg['file']), None))
     return files
 
-#----------------------------------------------------------------------------
 # The plan: what to build and from which file, decided without building it.
 
 
@@ -462,7 +459,6 @@ def teacher_embed_dim(spec: str = DEFAULT_SPEC, config: Optional[str] = None) ->
                                .format(model, CONFIG_FLAG))
     return int(cfg['embed_dim'])
 
-#----------------------------------------------------------------------------
 # Building the network.
 
 _config_dir: Optional[str] = None

@@ -20,7 +20,6 @@ import urllib.request
 import uuid
 from typing import Any, List, Optional, Tuple
 
-# ----------------------------------------------------------------------------
 # EasyDict
 
 
@@ -48,7 +47,6 @@ class EasyDict(dict):
             raise AttributeError(name) from None
 
 
-# ----------------------------------------------------------------------------
 # Logger
 
 
@@ -134,7 +132,6 @@ class Logger:
             self.file = None
 
 
-# ----------------------------------------------------------------------------
 # Small formatting helpers
 
 
@@ -160,7 +157,6 @@ def ask_yes_no(question: str) -> bool:
             return False
 
 
-# ----------------------------------------------------------------------------
 # Objects by dotted name (how option dicts name classes and functions)
 
 _NAME_PREFIXES = {"np.": "numpy.", "tf.": "tensorflow."}
@@ -271,7 +267,6 @@ def get_top_level_function_name(obj: Any) -> str:
     return module + "." + obj.__name__
 
 
-# ----------------------------------------------------------------------------
 # URLs and the download cache
 
 _dnnlib_cache_dir: Optional[str] = None

@@ -46,7 +46,6 @@ PYTORCH_FID_INCEPTION_URL = ('https://github.com/mseitzer/pytorch-fid/releases/d
                              'pt_inception-2015-12-05-6726825d.pth')
 PYTORCH_FID_INCEPTION_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 
-#----------------------------------------------------------------------------
 # Asset descriptions.
 
 
@@ -154,7 +153,6 @@ def _adhoc_asset(url: str) -> Asset:
     name = os.path.basename(urllib.parse.urlparse(url).path) or 'download'
     return Asset(key=name, description='file {}'.format(name), files=[(name, url)])
 
-#----------------------------------------------------------------------------
 # Where files are looked for.
 
 
@@ -323,7 +321,6 @@ def resolve_asset(url_or_name: str, detector_dir: Optional[str] = None, env_var:
     except IOError as err:
         raise AssetUnavailableError(unavailable_message(asset, _short_reason(err), cache_dir), asset) from None
 
-#----------------------------------------------------------------------------
 # Loading detectors.
 
 _detector_cache: Dict[Tuple[str, str], object] = {}

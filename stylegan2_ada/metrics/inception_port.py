@@ -36,7 +36,6 @@ FEATURE_DIM = 2048
 NUM_CLASSES = 1008
 INPUT_SIZE = 299
 
-# ----------------------------------------------------------------------------
 # Building blocks. Attribute names are those of the weights file.
 
 
@@ -176,7 +175,6 @@ class MixedE(nn.Module):
         d = self.branch_pool(pooled)
         return torch.cat([a, b, c, d], dim=1)
 
-# ----------------------------------------------------------------------------
 # The whole network.
 
 
@@ -251,7 +249,6 @@ class FIDInceptionPort(nn.Module):
         logits = F.linear(feats, self.fc.weight, None if no_output_bias else self.fc.bias)
         return F.softmax(logits, dim=1)
 
-# ----------------------------------------------------------------------------
 # Loading and random weights.
 
 

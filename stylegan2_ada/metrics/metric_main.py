@@ -25,7 +25,6 @@ from metrics import detectors as detector_lib
 _metric_dict = dict()       # name -> function(opts) -> dict of results
 _metric_detectors = dict()  # name -> tuple of asset keys or URLs, or None when unknown
 
-#----------------------------------------------------------------------------
 # Registry.
 
 
@@ -99,7 +98,6 @@ def check_detectors(metrics, detector_dir=None, quick=True, verbose=False):
         found[det] = detector_lib.resolve_asset(det, detector_dir=detector_dir, quick=quick, verbose=verbose)
     return found
 
-#----------------------------------------------------------------------------
 # Running and reporting.
 
 
@@ -161,7 +159,6 @@ def report_metric(result_dict, run_dir=None, snapshot_pkl=None):
         with open(os.path.join(run_dir, 'metric-{}.jsonl'.format(metric)), 'at', encoding='utf-8') as f:
             f.write(line + '\n')
 
-#----------------------------------------------------------------------------
 # Building blocks, so other protocols are one line each.
 
 _INCEPTION = ('inception',)
@@ -248,7 +245,6 @@ def register_builtin(name, fn, detectors):
     fn.__name__ = name
     return register_metric(fn, detectors=detectors, name=name)
 
-#----------------------------------------------------------------------------
 # The registered metrics. Recommended:
 
 register_builtin('fid50k_full', make_fid(max_real=None, num_gen=50000), _INCEPTION)
@@ -271,7 +267,6 @@ register_builtin('ppl_wfull', make_ppl(num_samples=50000, space='w', sampling='f
 register_builtin('ppl_zend', make_ppl(num_samples=50000, space='z', sampling='end', crop=True), _VGG16)
 register_builtin('ppl_wend', make_ppl(num_samples=50000, space='w', sampling='end', crop=True), _VGG16)
 
-#----------------------------------------------------------------------------
 # Sized variants: the same protocols with another number of generated images,
 # `<N>` or `<N>k` (for quick checks and small data: fid1k_full, fid64_full,
 # kid10k_full, is5k). They register themselves when first named, in any

@@ -22,7 +22,6 @@ import torch
 import dnnlib
 from metrics import detectors
 
-#----------------------------------------------------------------------------
 # Options.
 
 
@@ -49,7 +48,6 @@ class MetricOptions:
         self.cache = bool(cache)
         self.detector_dir = detector_dir
 
-#----------------------------------------------------------------------------
 # Detectors.
 
 
@@ -62,7 +60,6 @@ def get_feature_detector_name(url):
     """Short detector name from a URL or path: 'inception-2015-12-05' for NVIDIA's Inception."""
     return os.path.splitext(url.split('/')[-1])[0]
 
-#----------------------------------------------------------------------------
 # Feature statistics.
 
 
@@ -165,7 +162,6 @@ class FeatureStats:
         obj.__dict__.update(state)
         return obj
 
-#----------------------------------------------------------------------------
 # Progress.
 
 
@@ -243,7 +239,6 @@ class ProgressMonitor:
             pfn_hi=self.pfn_lo + (self.pfn_hi - self.pfn_lo) * rel_hi,
             pfn_total=self.pfn_total, min_seconds=self.min_seconds, stream=self.stream)
 
-#----------------------------------------------------------------------------
 # Helpers.
 
 
@@ -294,7 +289,6 @@ def _default_loader_kwargs(device):
         return dict(pin_memory=True, num_workers=3, prefetch_factor=2)
     return dict(num_workers=0)
 
-#----------------------------------------------------------------------------
 # Feature pipelines.
 
 

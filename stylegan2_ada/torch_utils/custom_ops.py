@@ -62,7 +62,6 @@ def _one_line(text, limit=200):
     return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
-# ----------------------------------------------------------------------------
 # Toolchain discovery.
 
 def _cpp_ext():
@@ -157,7 +156,6 @@ def _check_cuda_toolchain():
     return home
 
 
-# ----------------------------------------------------------------------------
 # Cache key and locking.
 
 def _resolve(paths, source_dir):
@@ -258,7 +256,6 @@ def _summarize_build_error(text):
     return 'build failed: ' + _one_line(lines[0] if lines else text, 160)
 
 
-# ----------------------------------------------------------------------------
 
 def get_plugin(module_name, sources, headers=None, source_dir=None, **build_kwargs):
     """Build (or reuse) and import a plugin; raise PluginError when that is impossible.

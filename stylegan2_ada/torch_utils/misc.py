@@ -10,7 +10,6 @@ import torch
 
 import dnnlib
 
-# ----------------------------------------------------------------------------
 # Cached constant tensors
 
 _constant_cache: Dict[tuple, torch.Tensor] = {}
@@ -47,7 +46,6 @@ def nan_to_num(input: torch.Tensor, nan: float = 0.0, posinf: Optional[float] = 
     return torch.nan_to_num(input, nan=nan, posinf=posinf, neginf=neginf, out=out)
 
 
-# ----------------------------------------------------------------------------
 # Tracing-friendly assertions
 
 
@@ -97,7 +95,6 @@ def profiled_function(fn):
     return decorator
 
 
-# ----------------------------------------------------------------------------
 # Data
 
 
@@ -146,7 +143,6 @@ class InfiniteSampler(torch.utils.data.Sampler):
             step += 1
 
 
-# ----------------------------------------------------------------------------
 # Parameters and buffers
 
 
@@ -178,7 +174,6 @@ def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Mo
         tensor.copy_(src.detach())
 
 
-# ----------------------------------------------------------------------------
 # Distributed helpers
 
 
@@ -220,7 +215,6 @@ def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] =
         raise AssertionError("DDP inconsistency: {} differ(s) from rank 0".format(", ".join(mismatched)))
 
 
-# ----------------------------------------------------------------------------
 # Module summary
 
 
@@ -310,7 +304,6 @@ def print_module_summary(module: torch.nn.Module, inputs: Sequence[Any], max_nes
     print()
     return outputs
 
-#----------------------------------------------------------------------------
 
 def setup_process(rank, num_gpus, device_type, temp_dir):
     """Device of process `rank` of `num_gpus`, joining the process group when there are several.

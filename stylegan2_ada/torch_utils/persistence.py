@@ -30,7 +30,6 @@ _src_to_module_cache: Dict[str, types.ModuleType] = {}
 _IMPORTED_MODULE_PREFIX = "_imported_module_"
 
 
-# ----------------------------------------------------------------------------
 
 
 def persistent_class(orig_class: type) -> type:
@@ -113,7 +112,6 @@ def _get_state(obj: Any) -> Any:
     return state
 
 
-# ----------------------------------------------------------------------------
 
 
 def is_persistent(obj: Any) -> bool:
@@ -169,7 +167,6 @@ def _reconstruct_persistent_obj(meta: dict) -> Any:
     return obj
 
 
-# ----------------------------------------------------------------------------
 
 
 def _module_to_src(module: types.ModuleType) -> str:
@@ -215,7 +212,6 @@ def _src_to_module(src: str) -> types.ModuleType:
     return module
 
 
-# ----------------------------------------------------------------------------
 
 
 _ATOMIC_TYPES = (str, bytes, bytearray, int, float, complex, bool, type(None))

@@ -36,7 +36,6 @@ from torch_utils.ops import conv2d_gradfix
 from torch_utils.ops import grid_sample_gradfix
 from torch_utils.ops import upfirdn2d
 
-# ----------------------------------------------------------------------------
 # Named augment pipes (`--augpipe`): keyword arguments of AugmentPipe.
 
 _BLIT = dict(xflip=1, rotate90=1, xint=1)
@@ -60,7 +59,6 @@ augpipe_specs = dict(
     bgcfnc=dict(_BLIT, **_GEOM, **_COLOR, **_FILTER, **_NOISE, **_CUTOUT),
 )
 
-# ----------------------------------------------------------------------------
 # Wavelet filters.
 
 # Decomposition low-pass of the Daubechies least-asymmetric wavelet with 6 vanishing
@@ -108,7 +106,6 @@ def octave_filter_bank(h, num_bands=4):
 # band gains are normalised: natural images keep most of their energy at low frequencies.
 _BAND_POWER = np.array([10.0, 1.0, 1.0, 1.0]) / 13.0
 
-# ----------------------------------------------------------------------------
 # Batched homogeneous matrices. Arguments are tensors of shape [N] or Python numbers.
 
 
@@ -174,7 +171,6 @@ def _reflect_pad(x, left, right, top, bottom):
     iy = _reflect_index(torch.arange(-top, h + bottom, device=x.device), h)
     return x.index_select(3, ix).index_select(2, iy)
 
-# ----------------------------------------------------------------------------
 
 
 @persistence.persistent_class
@@ -236,7 +232,6 @@ class AugmentPipe(torch.nn.Module):
         self.register_buffer('band_filters', torch.as_tensor(octave_filter_bank(daubechies2_lowpass()),
                                                               dtype=torch.float32))
 
-    # ------------------------------------------------------------------------
     # Random draws; with debug_percentile they become deterministic quantiles.
 
     def _uniform(self, shape, device, debug_percentile):
@@ -259,7 +254,6 @@ class AugmentPipe(torch.nn.Module):
         chosen = chosen.reshape([-1] + [1] * (value.ndim - 1))
         return torch.where(chosen, value, torch.as_tensor(neutral, dtype=value.dtype, device=value.device))
 
-    # ------------------------------------------------------------------------
 
     def forward(self, images, debug_percentile=None):
         assert isinstance(images, torch.Tensor) and images.ndim == 4, 'expected NCHW images'
@@ -293,7 +287,6 @@ class AugmentPipe(torch.nn.Module):
         misc.assert_shape(images, [n, c, h, w])
         return images
 
-    # ------------------------------------------------------------------------
 
     def _geometry(self, images, dp):
         n, c, h, w = images.shape
@@ -422,7 +415,6 @@ class AugmentPipe(torch.nn.Module):
         x = upfirdn2d.downsample2d(x, f, down=2, flip_filter=True)
         return x[:, :, margin:margin + h, margin:margin + w]
 
-    # ------------------------------------------------------------------------
 
     def _colour(self, images, dp):
         n, c, h, w = images.shape
@@ -478,7 +470,6 @@ class AugmentPipe(torch.nn.Module):
         out = out.reshape(n, c, h, w)
         return torch.where(untouched[:, None, None, None], images, out)
 
-    # ------------------------------------------------------------------------
 
     def _imgfilter(self, images, dp):
         if not self.imgfilter > 0:

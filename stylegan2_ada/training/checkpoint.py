@@ -41,7 +41,6 @@ CKPT_SUFFIX = '.ckpt.pt'
 _SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d+)(\.pkl|\.ckpt\.pt)$')
 
 
-# ----------------------------------------------------------------------------
 # Names and lookup.
 
 def snapshot_pkl_name(kimg):
@@ -114,7 +113,6 @@ def resolve_resume(path):
     return dnnlib.EasyDict(pkl=path, ckpt=None, exact=False, kimg=kimg)
 
 
-# ----------------------------------------------------------------------------
 # Options that decide the trajectory.
 
 def options_json(options):
@@ -142,7 +140,6 @@ def check_options(ckpt_state, options, ckpt_path):
                      'upstream semantics).'.format(ckpt_path, '\n'.join(diffs) or '  (hash differs)'))
 
 
-# ----------------------------------------------------------------------------
 # RNG states as weights-only-loadable values.
 
 def capture_rng_state(device=None):
@@ -172,7 +169,6 @@ def restore_rng_state(state, device=None):
     random.setstate((s['version'], tuple(int(v) for v in s['internal'].tolist()), s['gauss_next']))
 
 
-# ----------------------------------------------------------------------------
 # File I/O.
 
 def _to_cpu(obj):

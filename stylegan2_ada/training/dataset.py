@@ -40,7 +40,6 @@ class DatasetError(ValueError):
     """A data set that cannot be used as it is; the message names the file and the fix."""
 
 
-# ----------------------------------------------------------------------------
 # Small helpers shared with dataset_tool.py
 
 
@@ -137,7 +136,6 @@ def labels_from_metadata(meta, meta_path: str):
     return labels, names
 
 
-# ----------------------------------------------------------------------------
 # Base class
 
 
@@ -301,7 +299,6 @@ class Dataset(torch.utils.data.Dataset):
         return None if self._class_names is None else list(self._class_names)
 
 
-# ----------------------------------------------------------------------------
 # Folder or zip of images
 
 
@@ -501,7 +498,6 @@ def _suggest_res(w: int, h: int) -> int:
     return 1 << (s.bit_length() - 1)
 
 
-# ----------------------------------------------------------------------------
 # Writer
 
 

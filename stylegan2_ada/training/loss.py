@@ -113,7 +113,6 @@ class StyleGAN2Loss(Loss):
             from kdgan_plugins.losses.terms import build_terms   # pylint: disable=import-outside-toplevel
             self.terms = build_terms(self, terms)
 
-    # ------------------------------------------------------------------------
     # Shared resources of the terms.
 
     @property
@@ -140,7 +139,6 @@ class StyleGAN2Loss(Loss):
             kwargs.setdefault('device', self.device)
             self._teacher = dnnlib.util.construct_class_by_name(class_name=class_name, **kwargs)
         return self._teacher
-    # ------------------------------------------------------------------------
     # State for exact resume.
 
     def state_dict(self):
@@ -162,7 +160,6 @@ class StyleGAN2Loss(Loss):
         if state:
             raise KeyError('{}: unexpected state entries {}'.format(type(self).__name__, sorted(state)))
 
-    # ------------------------------------------------------------------------
     # Hooks.
 
     def run_G(self, z, c, sync):
@@ -286,7 +283,6 @@ class StyleGAN2Loss(Loss):
             out.update(term.G_terms(res, c))
         return out
 
-    # ------------------------------------------------------------------------
     # Phases.
 
     def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, sync, gain):

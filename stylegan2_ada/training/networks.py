@@ -17,7 +17,6 @@ from torch_utils.ops import upfirdn2d
 from torch_utils.ops import bias_act
 from torch_utils.ops import fma
 
-#----------------------------------------------------------------------------
 # Helpers.
 
 def _pick_dtype(use_fp16, device, force_fp32=False):
@@ -111,7 +110,6 @@ def modulated_conv2d(
         x = x.add_(noise.to(x.dtype))
     return x
 
-#----------------------------------------------------------------------------
 # Basic layers with equalised learning rate.
 
 @persistence.persistent_class
@@ -211,7 +209,6 @@ class Conv2dLayer(torch.nn.Module):
         return (f'in_channels={self.in_channels:d}, out_channels={self.out_channels:d}, '
                 f'activation={self.activation:s}, up={self.up}, down={self.down}')
 
-#----------------------------------------------------------------------------
 # Mapping network.
 
 @persistence.persistent_class
@@ -296,7 +293,6 @@ class MappingNetwork(torch.nn.Module):
     def extra_repr(self):
         return f'z_dim={self.z_dim:d}, c_dim={self.c_dim:d}, w_dim={self.w_dim:d}, num_ws={self.num_ws}'
 
-#----------------------------------------------------------------------------
 # Synthesis network.
 
 @persistence.persistent_class
@@ -577,7 +573,6 @@ class Generator(torch.nn.Module):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, **synthesis_kwargs)
 
-#----------------------------------------------------------------------------
 # Discriminator.
 
 @persistence.persistent_class
@@ -830,4 +825,3 @@ class Discriminator(torch.nn.Module):
     def extra_repr(self):
         return f'c_dim={self.c_dim:d}, img_resolution={self.img_resolution:d}, img_channels={self.img_channels:d}'
 
-#----------------------------------------------------------------------------

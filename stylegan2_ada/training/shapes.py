@@ -39,7 +39,6 @@ _PALETTE = np.array([
 ], dtype=np.float64)
 
 
-# ----------------------------------------------------------------------------
 # Drawing
 
 
@@ -110,7 +109,6 @@ def make_shapes(num_images: int = DEFAULT_NUM_IMAGES, resolution: int = DEFAULT_
     return images, labels, list(SHAPE_CLASSES)
 
 
-# ----------------------------------------------------------------------------
 # Names and materialisation
 
 

@@ -35,7 +35,6 @@ from torch_utils.ops import conv2d_gradfix
 from torch_utils.ops import grid_sample_gradfix
 from training import checkpoint as ckpt_io
 
-# ----------------------------------------------------------------------------
 # Image grids.
 
 
@@ -94,7 +93,6 @@ def save_image_grid(img, fname, drange, grid_size):
         raise ValueError('save_image_grid: cannot save {} channels'.format(c))
 
 
-# ----------------------------------------------------------------------------
 # Helpers.
 
 
@@ -154,7 +152,6 @@ def _trajectory_options(**kw):
     return {k: kw[k] for k in keys}
 
 
-# ----------------------------------------------------------------------------
 
 
 def training_loop(

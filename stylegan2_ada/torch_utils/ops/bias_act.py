@@ -49,14 +49,12 @@ activation_funcs = _Spec(
     swish=_act(lambda x, **_: torch.sigmoid(x) * x, 9, 'x', True),
 )
 
-# ----------------------------------------------------------------------------
 
 _op = custom_ops.OpPlugin('bias_act', module_name='kdgan_bias_act', sources=['bias_act.cpp', 'bias_act.cu'],
                           headers=['bias_act.h'], source_dir=os.path.dirname(os.path.abspath(__file__)))
 build_plugin = _op.build  # build/import now (compile check); raises custom_ops.PluginError
 
 
-# ----------------------------------------------------------------------------
 
 def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, impl='cuda'):
     """y = clamp(act(x + b) * gain, -clamp, clamp), with b broadcast along `dim`.
@@ -93,7 +91,6 @@ def _bias_act_ref(x, b, dim, spec, alpha, gain, clamp):
     return x
 
 
-# ----------------------------------------------------------------------------
 # CUDA path. The kernel needs dense tensors with identical strides; making them so happens
 # outside the autograd Functions, so every tensor a Function saves is one of its inputs or
 # outputs and stays connected to the graph for double backward.

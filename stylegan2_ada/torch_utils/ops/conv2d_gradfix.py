@@ -66,7 +66,6 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     return F.conv_transpose2d(input, weight, bias, stride=stride, padding=padding,
                               output_padding=output_padding, groups=groups, dilation=dilation)
 
-# ----------------------------------------------------------------------------
 
 _Cfg = collections.namedtuple('_Cfg', 'transposed stride padding output_padding dilation groups')
 

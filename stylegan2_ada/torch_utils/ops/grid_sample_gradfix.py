@@ -39,7 +39,6 @@ def _use_own_path(input):
         _probe_cache[dev] = _native_double_backward_works(input.device)
     return not _probe_cache[dev]
 
-# ----------------------------------------------------------------------------
 # Reference formulation in plain ops (differentiable to any order).
 
 
@@ -102,7 +101,6 @@ def reference_grid_sample_backward(grad_output, input, grid):
     grad_grid = torch.stack([gx, gy], dim=-1).reshape(grid.shape)
     return grad_input.reshape(input.shape), grad_grid
 
-# ----------------------------------------------------------------------------
 
 
 class _GridSample(torch.autograd.Function):
@@ -126,7 +124,6 @@ class _GridSample(torch.autograd.Function):
                 grad_output, input, grid, 0, 0, False, [need_in, need_grid])
         return (grad_input if need_in else None), (grad_grid if need_grid else None)
 
-# ----------------------------------------------------------------------------
 
 
 def _native_double_backward_works(device):

@@ -20,7 +20,6 @@ _op = custom_ops.OpPlugin('upfirdn2d', module_name='kdgan_upfirdn2d', sources=['
 build_plugin = _op.build  # build/import now (compile check); raises custom_ops.PluginError
 
 
-# ----------------------------------------------------------------------------
 
 def _parse_scaling(s):
     if isinstance(s, int):
@@ -145,7 +144,6 @@ def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl='cuda'
     return upfirdn2d(x, f, down=(downx, downy), padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
 
 
-# ----------------------------------------------------------------------------
 # CUDA path.
 
 def _upfirdn2d_cuda(plugin, x, f, up, down, padding, flip_filter, gain):
