@@ -313,7 +313,7 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
         order = 'sequential' if dev.type == 'cuda' else 'interleave'
     if recon == 'lpips':
         # LPIPS needs NVIDIA's vgg16.pt through the metrics' resolver: say so now, not mid-build.
-        from kdgan_plugins.losses import fastgan_loss  # pylint: disable=import-outside-toplevel
+        from kdgan_plugins.losses import fastgan_loss
         try:
             train_cli.check_loss_assets(dict(class_name='kdgan_plugins.losses.fastgan_loss.FastGANLoss',
                                              terms=fastgan_loss.default_terms('lpips')))
@@ -354,7 +354,7 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
         try:
             for _ in range(n):
                 s.iteration(bf16=bf16, record=record, verbose=verbose)
-        except Exception as err:  # pylint: disable=broad-except
+        except Exception as err:
             traceback.print_exc()
             variant = ', '.join(v for v, on in (('--bf16', bf16), ('--channels-last', channels_last)) if on)
             raise click.ClickException(f'{s.name} ({s.desc}) failed' + (f' with {variant}' if variant else '')
@@ -403,4 +403,4 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
 
 
 if __name__ == '__main__':
-    main()  # pylint: disable=no-value-for-parameter
+    main()

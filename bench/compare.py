@@ -327,7 +327,7 @@ def keep_snapshot(src, st, dst):
     except FileNotFoundError:
         return False
     except OSError:   # no hard links on this file system
-        import shutil  # pylint: disable=import-outside-toplevel
+        import shutil
         try:
             shutil.copy2(src, tmp)
         except FileNotFoundError:
@@ -450,7 +450,7 @@ class State:
 
 @contextlib.contextmanager
 def outdir_lock(outdir):
-    import fcntl  # pylint: disable=import-outside-toplevel
+    import fcntl
     with open(os.path.join(outdir, '.lock'), 'w', encoding='utf-8') as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -561,7 +561,7 @@ def train_run(cfg, method, seed, label, log):
     known = {seg.id for seg in segments}
     with open(log, 'a', encoding='utf-8') as logf:
         logf.write('\n$ {}\n'.format(' '.join(shlex.quote(a) for a in cmd)))
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(),  # pylint: disable=consider-using-with
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                                 preexec_fn=_child_signals if os.name == 'posix' else None)
         say('[compare] {}: training {} (train.py pid {})'.format(
@@ -643,8 +643,8 @@ def train_run(cfg, method, seed, label, log):
 
 class Evaluator:
     def __init__(self, cfg):
-        import numpy as np  # pylint: disable=import-outside-toplevel
-        import torch  # pylint: disable=import-outside-toplevel
+        import numpy as np
+        import torch
         self.np, self.torch = np, torch
         self.cfg = cfg
         device = cfg.device
@@ -656,15 +656,15 @@ class Evaluator:
     def dataset_kwargs(self, G, pkl_kwargs):
         key = (G.img_resolution, G.c_dim)
         if key not in self._dataset_kwargs:
-            import calc_metrics  # pylint: disable=import-outside-toplevel
+            import calc_metrics
             with contextlib.redirect_stdout(io.StringIO()):
-                self._dataset_kwargs[key] = calc_metrics._dataset_kwargs(  # pylint: disable=protected-access
+                self._dataset_kwargs[key] = calc_metrics._dataset_kwargs(
                     self.cfg.eval_data, None, pkl_kwargs, G)
         return copy.deepcopy(self._dataset_kwargs[key])
 
     def __call__(self, pkl):
-        import legacy  # pylint: disable=import-outside-toplevel
-        from metrics import metric_main, metric_utils  # pylint: disable=import-outside-toplevel
+        import legacy
+        from metrics import metric_main, metric_utils
         with open(pkl, 'rb') as f:
             data = legacy.load_network_pkl(f)
         G = data['G_ema'] if data.get('G_ema') is not None else data['G']
@@ -706,7 +706,7 @@ def higher_is_better(metric, better):
 
 def metric_identity(cfg):
     """What an evaluation depends on: metric, data compared against and detector files (by content)."""
-    from metrics import detectors, metric_main  # pylint: disable=import-outside-toplevel
+    from metrics import detectors, metric_main
     try:
         metric_main.validate_metrics([cfg.metric], check_files=False)
         found = metric_main.check_detectors([cfg.metric], detector_dir=cfg.detector_dir)
@@ -735,7 +735,7 @@ def stage_detector(outdir, detector, detector_dir):
         try:
             os.symlink(path, link)
         except OSError:
-            import shutil  # pylint: disable=import-outside-toplevel
+            import shutil
             shutil.copy2(path, link)
     return folder + (os.pathsep + detector_dir if detector_dir else '')
 
@@ -851,7 +851,7 @@ def machine_info():
                 if line.startswith('model name'):
                     info['cpu'] = line.split(':', 1)[1].strip()
                     break
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     info['torch'] = torch.__version__
     if torch.cuda.is_available():
         info['gpu'] = torch.cuda.get_device_name(0)
@@ -969,7 +969,7 @@ def nice_ticks(lo, hi, count=6):
 
 
 def _font(size):
-    from PIL import ImageFont  # pylint: disable=import-outside-toplevel
+    from PIL import ImageFont
     try:
         return ImageFont.load_default(size=size)
     except TypeError:   # Pillow < 10.1: the fixed bitmap font
@@ -983,7 +983,7 @@ def _text_size(draw, text, font):
 
 def draw_chart(path, series, xlabel, ylabel, title, size=(960, 600)):
     """A line chart: `series` = [dict(name, color, mean=[(x, y)], band=[(x, lo, hi)], seeds=[[(x, y)]])]."""
-    from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+    from PIL import Image, ImageDraw
     font, small = _font(16), _font(13)
     probe = ImageDraw.Draw(Image.new('RGB', (1, 1)))
     legend_w = max([_text_size(probe, s['name'], small)[0] for s in series] + [100])
@@ -1062,8 +1062,8 @@ SAMPLES_PER_METHOD = 12
 def _image_row(G, count):
     """`count` images of G (uint8 HWC, RGB), z from seeds 0..count-1 as generate.py draws them;
     conditional networks cycle through the classes."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    import torch  # pylint: disable=import-outside-toplevel
+    import numpy as np
+    import torch
     images = []
     with torch.no_grad():
         for i in range(count):
@@ -1080,8 +1080,8 @@ def _image_row(G, count):
 def draw_samples(cfg, summary, path, count=SAMPLES_PER_METHOD):
     """One row per method: images of the final snapshot of its first finished seed (G_ema), the same
     latents in every row, so the methods can be compared by eye. Returns the rows' descriptions."""
-    import legacy  # pylint: disable=import-outside-toplevel
-    from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+    import legacy
+    from PIL import Image, ImageDraw
     rows = []
     for method in cfg.methods:
         run = next((r for r in summary['runs'] if r['method'] == method and 'final' in r), None)
@@ -1289,7 +1289,7 @@ def resolve_budget(name, outdir, known_keys):
         raise CompareError('budget preset {} has unknown keys: {}'.format(name, ', '.join(sorted(unknown))))
     values = {}
     if hook is not None:
-        import importlib  # pylint: disable=import-outside-toplevel
+        import importlib
         target, kwargs = hook
         module, _, func = target.partition(':')
         say('[compare] budget {}: preparing data and networks ({})'.format(name, target))
@@ -1380,7 +1380,7 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
     if given['kimg'] is None and given['minutes'] is None:
         raise click.UsageError('give a budget per run: --kimg and/or --minutes')
     if metric_module:
-        import importlib  # pylint: disable=import-outside-toplevel
+        import importlib
         for module in [m.strip() for m in metric_module.split(',') if m.strip()]:
             try:
                 importlib.import_module(module)
@@ -1422,4 +1422,4 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
 
 
 if __name__ == '__main__':
-    main()  # pylint: disable=no-value-for-parameter
+    main()

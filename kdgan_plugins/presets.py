@@ -275,7 +275,7 @@ def cli_patch(args, teacher=None, teacher_weights=None, teacher_config=None, tea
         if seed is not None:
             for name in agkd:
                 put(['loss_kwargs', 'terms', name, 'seed'], int(seed))
-        from kdgan_plugins.losses.kd import teacher_embed_dim   # pylint: disable=import-outside-toplevel
+        from kdgan_plugins.losses.kd import teacher_embed_dim
         merged = copy.deepcopy(dict(loss_kwargs.get('teacher') or {}))
         merged.update(patch.get('loss_kwargs', {}).get('teacher', {}))
         if (args.get('D_kwargs') or {}).get('class_name') == KD_D:

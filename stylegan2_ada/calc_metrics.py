@@ -33,13 +33,13 @@ def _comma_list(ctx, param, value):
 
 
 def _load_network(network_pkl):
-    import legacy  # pylint: disable=import-outside-toplevel
+    import legacy
     try:
         with dnnlib.util.open_url(network_pkl, verbose=False) as f:
             data = legacy.load_network_pkl(f)
     except (OSError, EOFError) as err:
         raise click.ClickException(f'cannot read {network_pkl}: {err}')
-    except Exception as err:  # pylint: disable=broad-except
+    except Exception as err:
         raise click.ClickException(f'cannot load {network_pkl}: {err}')
     G = data['G_ema'] if data.get('G_ema') is not None else data.get('G')
     if G is None:
@@ -51,7 +51,7 @@ def _dataset_kwargs(data, mirror, pkl_kwargs, G):
     """Data set options: --data (or the pickle's), resolution and labels from G, --mirror (or the pickle's)."""
     if data is not None:
         path = os.path.expanduser(data)
-        from training import shapes  # pylint: disable=import-outside-toplevel
+        from training import shapes
         if shapes.is_builtin(data):
             try:
                 _key, name_res = shapes.parse_builtin(data)
@@ -72,7 +72,7 @@ def _dataset_kwargs(data, mirror, pkl_kwargs, G):
         kwargs.xflip = bool(mirror)
     try:
         dataset = dnnlib.util.construct_class_by_name(**kwargs)
-    except Exception as err:  # pylint: disable=broad-except
+    except Exception as err:
         raise click.ClickException(f'cannot open the data set: {err}')
     try:
         if G.c_dim != 0 and dataset.label_dim != G.c_dim:
@@ -88,11 +88,11 @@ def _dataset_kwargs(data, mirror, pkl_kwargs, G):
 
 def subprocess_fn(rank, args, temp_dir):
     """Compute every metric as process `rank` of `args.num_gpus` (torch.distributed when > 1)."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    import torch  # pylint: disable=import-outside-toplevel
-    from metrics import metric_utils  # pylint: disable=import-outside-toplevel
+    import numpy as np
+    import torch
+    from metrics import metric_utils
 
-    from torch_utils import misc  # pylint: disable=import-outside-toplevel
+    from torch_utils import misc
     device = misc.setup_process(rank, args.num_gpus, args.device, temp_dir)
     try:
         # Different ranks draw different latents; the same command gives the same numbers.
@@ -172,7 +172,7 @@ def calc_metrics(network_pkl, metrics, data, mirror, gpus, verbose, detector_dir
             print(f'Detector {name}: {path}')
 
     # 2. Device, network, data.
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda':
@@ -205,4 +205,4 @@ def calc_metrics(network_pkl, metrics, data, mirror, gpus, verbose, detector_dir
 
 
 if __name__ == '__main__':
-    calc_metrics()  # pylint: disable=no-value-for-parameter
+    calc_metrics()

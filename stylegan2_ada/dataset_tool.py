@@ -608,4 +608,4 @@ def main(source, dest, max_images, resize_filter, transform, width, height, reso
 
 
 if __name__ == "__main__":
-    main()  # pylint: disable=no-value-for-parameter
+    main()

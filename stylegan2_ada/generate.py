@@ -146,4 +146,4 @@ def generate_images(network_pkl, seeds, truncation_psi, class_idx, noise_mode, p
 
 
 if __name__ == '__main__':
-    generate_images()  # pylint: disable=no-value-for-parameter
+    generate_images()

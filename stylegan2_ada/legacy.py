@@ -379,4 +379,4 @@ def convert_network_pickle(source, dest, force_fp16):
 
 
 if __name__ == '__main__':
-    convert_network_pickle()  # pylint: disable=no-value-for-parameter
+    convert_network_pickle()

@@ -226,7 +226,7 @@ def load_vgg16(device, detector_dir=None):
 
 def _open_video_writer(path):
     try:
-        import imageio  # pylint: disable=import-outside-toplevel
+        import imageio
     except ImportError:
         print('Skipping proj.mp4: imageio is not installed (pip install imageio imageio-ffmpeg).')
         return None
@@ -288,4 +288,4 @@ def run_projection(network_pkl, target_fname, num_steps, seed, save_video, outdi
 
 
 if __name__ == '__main__':
-    run_projection()  # pylint: disable=no-value-for-parameter
+    run_projection()

@@ -127,5 +127,5 @@ def generate_style_mix(network_pkl, row_seeds, col_seeds, col_styles, truncation
 
 
 if __name__ == '__main__':
-    generate_style_mix()  # pylint: disable=no-value-for-parameter
+    generate_style_mix()
 

@@ -80,7 +80,7 @@ def check_metrics(metrics, detector_dir=None, check_files=True):
     download). Returns the list. Raises click.UsageError for an unknown name and a
     one-line click.ClickException for a detector that can be neither found nor fetched.
     Imports no torch, so an offline user hears about a missing file within seconds."""
-    from metrics import detectors, metric_main  # pylint: disable=import-outside-toplevel
+    from metrics import detectors, metric_main
     try:
         return metric_main.validate_metrics(list(metrics), detector_dir=detector_dir, check_files=check_files)
     except detectors.AssetUnavailableError as err:
@@ -93,7 +93,7 @@ def check_metrics(metrics, detector_dir=None, check_files=True):
 def load_registry():
     """`kdgan_plugins.registry` with $KDGAN_PLUGINS imported, or None when not installed."""
     try:
-        from kdgan_plugins import registry  # pylint: disable=import-outside-toplevel
+        from kdgan_plugins import registry
     except ModuleNotFoundError as err:
         if err.name != 'kdgan_plugins':
             raise
@@ -102,7 +102,7 @@ def load_registry():
         if not os.path.isfile(os.path.join(root, 'kdgan_plugins', 'registry.py')):
             return None
         sys.path.append(root)
-        from kdgan_plugins import registry  # pylint: disable=import-outside-toplevel
+        from kdgan_plugins import registry
     try:
         # The kdgan presets are part of the project: registered on every start (register_all is
         # idempotent, so they are back even if something unregistered them), then $KDGAN_PLUGINS.
@@ -119,7 +119,7 @@ def load_presets():
     """`kdgan_plugins.presets` (loop_options, apply_loss_preset, cli_patch), or None in a tree
     whose kdgan_plugins has only the registry."""
     try:
-        from kdgan_plugins import presets  # pylint: disable=import-outside-toplevel
+        from kdgan_plugins import presets
     except ModuleNotFoundError as err:
         if err.name != 'kdgan_plugins.presets':
             raise
@@ -164,7 +164,7 @@ def materialize_data(data, dry_run):
 
 
 def open_dataset(training_set_kwargs):
-    from training.dataset import DatasetError  # pylint: disable=import-outside-toplevel
+    from training.dataset import DatasetError
     try:
         return dnnlib.util.construct_class_by_name(**training_set_kwargs)
     except DatasetError as err:
@@ -189,7 +189,7 @@ def resolve_resume(resume):
         raise click.BadParameter(f'{resume}: no such file or folder; give a network pickle, a checkpoint, a run '
                                  f'folder, a URL, or one of {", ".join(resume_specs)}', param_hint="'--resume'")
     try:
-        from training import checkpoint  # pylint: disable=import-outside-toplevel
+        from training import checkpoint
     except ModuleNotFoundError as err:
         if err.name != 'training.checkpoint':
             raise
@@ -269,7 +269,7 @@ def setup_training_loop_kwargs(
     # Metrics first: a missing detector is reported before anything slow happens.
     args.metrics = check_metrics(list(metrics), detector_dir=detector_dir, check_files=not dry_run)
     registry = load_registry()
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
 
     # General options.
     if not (isinstance(gpus, int) and gpus >= 1):
@@ -489,7 +489,7 @@ def setup_training_loop_kwargs(
     else:
         augpipe = DEFAULT_AUGPIPE
     if aug in ('ada', 'fixed'):
-        from training.augment import augpipe_specs  # pylint: disable=import-outside-toplevel
+        from training.augment import augpipe_specs
         args.augment_kwargs = E(class_name='training.augment.AugmentPipe', **augpipe_specs[augpipe])
     if aug_source == 'plugin':
         args.augment_kwargs = args.augment_kwargs or E()
@@ -688,7 +688,7 @@ class _ConsoleLogHandler(logging.Handler):
     def emit(self, record):
         try:
             sys.stderr.write(f'{record.levelname.capitalize()}: {self.format(record)}\n')
-        except Exception:  # pylint: disable=broad-except
+        except Exception:
             self.handleError(record)
 
 
@@ -702,7 +702,7 @@ def show_plugin_logs():
 
 def subprocess_fn(rank, args, temp_dir):
     """Run the loop in this process as `rank`. Spawned ranks log to log.txt themselves."""
-    # pylint: disable=import-outside-toplevel
+
     import torch
     from torch_utils import custom_ops, misc, training_stats
     from training import training_loop
@@ -731,7 +731,7 @@ def launch(args):
     if args.num_gpus == 1:
         subprocess_fn(rank=0, args=args, temp_dir=None)
         return
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     # The ranks meet through a file in a temporary folder inside the run folder (removed afterwards).
     with tempfile.TemporaryDirectory(prefix='.dist-', dir=args.run_dir) as temp_dir:
         torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, temp_dir), nprocs=args.num_gpus)
@@ -746,7 +746,7 @@ def check_loss_assets(loss_kwargs, detector_dir=None):
             'kdgan_plugins.'):
         return []
     try:
-        from kdgan_plugins import losses  # pylint: disable=import-outside-toplevel
+        from kdgan_plugins import losses
     except ModuleNotFoundError as err:
         if err.name not in ('kdgan_plugins', 'kdgan_plugins.losses'):
             raise
@@ -894,7 +894,7 @@ def main(ctx, outdir, dry_run, **config_kwargs):
     if detector_dir is not None:
         detector_dir = os.path.abspath(os.path.expanduser(detector_dir))
         config_kwargs['detector_dir'] = detector_dir
-        from metrics import detectors  # pylint: disable=import-outside-toplevel
+        from metrics import detectors
         os.environ[detectors.DEFAULT_ENV_VAR] = detector_dir  # Spawned ranks and the loop inherit it.
     desc, args, resolved, summary, cleanup = setup_training_loop_kwargs(dry_run=dry_run, **config_kwargs)
     try:
@@ -932,5 +932,5 @@ def main(ctx, outdir, dry_run, **config_kwargs):
 
 
 if __name__ == '__main__':
-    main()  # pylint: disable=no-value-for-parameter
+    main()
 

@@ -72,7 +72,7 @@ def test_class_balanced_groups_hold_one_image_per_class():
 
 
 def test_grouped_clip_loss_is_clip_loss_within_each_group():
-    import open_clip  # pylint: disable=import-outside-toplevel
+    import open_clip
     gen = torch.Generator().manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(3, 4, 8, generator=gen), dim=-1)
     txt = torch.nn.functional.normalize(torch.randn(4, 8, generator=gen), dim=-1)
@@ -166,7 +166,7 @@ def test_evaluator_artefacts_load_and_give_features(evaluator_run):
 
 @needs_fmnist
 def test_evaluator_loads_through_the_metrics_detector_path(evaluator_run):
-    from metrics import detectors  # pylint: disable=import-outside-toplevel
+    from metrics import detectors
     out, _meta = evaluator_run
     path = detectors.resolve_asset(str(out / evaluator.WEIGHTS_NAME), download=False)
     det = detectors.load_detector_file(path, "cpu")
@@ -177,7 +177,7 @@ def test_evaluator_loads_through_the_metrics_detector_path(evaluator_run):
 @needs_fmnist
 @pytest.mark.filterwarnings("ignore:Matrix is singular")  # 400 samples of 256-d ReLU features: rank-deficient
 def test_evaluator_distances_use_the_metrics_module(evaluator_run):
-    from metrics import frechet_inception_distance  # pylint: disable=import-outside-toplevel
+    from metrics import frechet_inception_distance
     out, _meta = evaluator_run
     det = evaluator.load(str(out))
     test_x, _y, _ = fmnist_data.load_split("test")
@@ -220,7 +220,7 @@ def teacher_run(tmp_path_factory):
 
 @needs_fmnist
 def test_teacher_artefacts_load_with_open_clip(teacher_run):
-    import open_clip  # pylint: disable=import-outside-toplevel
+    import open_clip
     out, meta = teacher_run
     with open(out / teacher.CONFIG_NAME, encoding="utf-8") as f:
         cfg = json.load(f)

@@ -81,7 +81,7 @@ def export_few_shot(dest: str, per_class: int = 10, seed: int = 0, path: Optiona
 
 
 def main(argv=None) -> None:
-    import argparse  # pylint: disable=import-outside-toplevel
+    import argparse
     parser = argparse.ArgumentParser(description="Export the seeded class-balanced Fashion-MNIST few-shot set.")
     parser.add_argument("--dest", required=True, help="output .zip (or folder)")
     parser.add_argument("--per-class", type=int, default=10, help="images per class (default 10: 100 images)")

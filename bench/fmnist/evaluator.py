@@ -130,7 +130,7 @@ def run_batched(net, images: np.ndarray, return_features: bool = False, batch_si
 def feature_distances(feats_a, feats_b, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0
                       ) -> Dict[str, float]:
     """FID and KID between two feature sets [N, F], computed by the harness's metrics module."""
-    from metrics import frechet_inception_distance, kernel_inception_distance  # pylint: disable=import-outside-toplevel
+    from metrics import frechet_inception_distance, kernel_inception_distance
     a = np.asarray(feats_a, dtype=np.float64)
     b = np.asarray(feats_b, dtype=np.float64)
     fid = frechet_inception_distance.fid_from_features(a, b)

@@ -16,19 +16,19 @@ __all__ = ['check_assets']
 
 
 def _needs_teacher(class_name):
-    import dnnlib   # pylint: disable=import-outside-toplevel
+    import dnnlib
     cls = dnnlib.util.get_obj_by_name(class_name)
     return bool(getattr(cls, 'needs_teacher', False)), cls
 
 
 def check_assets(loss_kwargs, detector_dir=None, quick=True):
     """Fail before training when a file the loss needs cannot be had; see the module docstring."""
-    from kdgan_plugins.losses import terms as terms_lib   # pylint: disable=import-outside-toplevel
-    from kdgan_plugins.losses import kd   # pylint: disable=import-outside-toplevel
+    from kdgan_plugins.losses import terms as terms_lib
+    from kdgan_plugins.losses import kd
     loss_kwargs = dict(loss_kwargs or {})
     terms = loss_kwargs.get('terms')
     if terms is None and str(loss_kwargs.get('class_name', '')).endswith('FastGANLoss'):
-        from kdgan_plugins.losses.fastgan_loss import default_terms   # pylint: disable=import-outside-toplevel
+        from kdgan_plugins.losses.fastgan_loss import default_terms
         terms = default_terms()
     lines = []
     teacher_needed = False

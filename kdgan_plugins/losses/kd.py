@@ -210,7 +210,7 @@ def _teacher_spec(teacher_kwargs):
 def check_teacher_assets(teacher_kwargs, detector_dir=None, quick=True):
     """Resolve the teacher's weight file without building it (clip_teacher.check_teacher_available);
     returns a line for the log. Raises the teacher module's one-line errors."""
-    from kdgan_plugins.teachers import clip_teacher   # pylint: disable=import-outside-toplevel
+    from kdgan_plugins.teachers import clip_teacher
     spec, kwargs = _teacher_spec(teacher_kwargs)
     path = clip_teacher.check_teacher_available(spec, weights=kwargs.get('weights'), config=kwargs.get('config'),
                                                 teacher_dir=kwargs.get('teacher_dir'),
@@ -222,13 +222,13 @@ def check_teacher_assets(teacher_kwargs, detector_dir=None, quick=True):
 def teacher_embed_dim(teacher_kwargs=None):
     """The teacher's embedding width from its open_clip config, without building it
     (what train.py puts in D_kwargs.student_dim)."""
-    from kdgan_plugins.teachers import clip_teacher   # pylint: disable=import-outside-toplevel
+    from kdgan_plugins.teachers import clip_teacher
     spec, kwargs = _teacher_spec(teacher_kwargs)
     if kwargs.get('config'):
         model_cfg, _pre = clip_teacher.read_model_config(kwargs['config'])
         return int(model_cfg['embed_dim'])
     model, _tag = clip_teacher.parse_teacher_spec(spec)
-    cfg = clip_teacher._builtin_config(model.replace('/', '-'))   # pylint: disable=protected-access
+    cfg = clip_teacher._builtin_config(model.replace('/', '-'))
     if cfg is None:
         raise clip_teacher.TeacherSpecError(f'unknown open_clip architecture {model!r}')
     return int(cfg['embed_dim'])

@@ -194,7 +194,7 @@ RECON_PARTS = ('big', 'small', 'part')
 
 
 def _vgg16_url():
-    from metrics import detectors   # pylint: disable=import-outside-toplevel
+    from metrics import detectors
     return detectors.VGG16_URL
 
 
@@ -256,7 +256,7 @@ class Reconstruction(LossTerm):
         if detector is not None and not isinstance(detector, (str, bytes)):
             det = detector
         else:
-            from metrics import detectors   # pylint: disable=import-outside-toplevel
+            from metrics import detectors
             det = detectors.load_detector(detector or _vgg16_url(), self.loss.device, detector_dir=detector_dir)
         if isinstance(det, torch.nn.Module):
             for param in det.parameters():   # Frozen: gradients flow through it to D's decoders only.
@@ -270,7 +270,7 @@ class Reconstruction(LossTerm):
         detector = kwargs.get('detector')
         if detector is not None and not isinstance(detector, (str, bytes)):
             return []
-        from metrics import detectors   # pylint: disable=import-outside-toplevel
+        from metrics import detectors
         path = detectors.resolve_asset(detector or _vgg16_url(), detector_dir=kwargs.get('detector_dir') or detector_dir,
                                        quick=quick, verbose=False)
         return [f'{kwargs.get("name", "recon")}: LPIPS detector {path}']

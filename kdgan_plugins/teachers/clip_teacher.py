@@ -218,7 +218,7 @@ def _pretrained_registry():
         mod = importlib.import_module(_META_PACKAGE + '.pretrained')
         mod.get_pretrained_cfg('ViT-B-32', 'openai')  # the functions we use exist
         return mod
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
         return importlib.import_module('open_clip.pretrained')
 
 
@@ -365,13 +365,13 @@ def _common_names() -> List[str]:
     preferred = ['RN50', 'ViT-B-32', 'ViT-B-32-quickgelu', 'ViT-B-16', 'ViT-L-14']
     try:
         names = set(builtin_model_names())
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
         return preferred
     return [n for n in preferred if n in names]
 
 
 def _teacher_asset(plan: TeacherPlan, first: int = 0):
-    from metrics import detectors  # pylint: disable=import-outside-toplevel
+    from metrics import detectors
     files = weight_files_for_tag(plan.tag_cfg)
     if not files:
         raise TeacherSpecError('pretrained tag {}:{} names no file or URL'.format(plan.arch, plan.tag))
@@ -400,7 +400,7 @@ def resolve_teacher_file(plan: TeacherPlan, teacher_dir=None, detector_dir=None,
                                               plan.weights, WEIGHTS_FLAG, plan.describe().split(',')[0]))
         return plan.weights
     try:
-        from metrics import detectors  # pylint: disable=import-outside-toplevel
+        from metrics import detectors
     except ImportError:
         raise TeacherUnavailableError('Cannot resolve teacher {}:{}: the asset resolver (metrics.detectors) is '
                                       'not importable in this tree; pass {}=PATH to the weight file instead.'
@@ -466,8 +466,8 @@ _config_dir: Optional[str] = None
 
 def _register_config(model_cfg: dict, stem: str) -> str:
     """Register a custom config with open_clip under a name unique to its content; return the name."""
-    global _config_dir  # pylint: disable=global-statement
-    import open_clip  # pylint: disable=import-outside-toplevel
+    global _config_dir
+    import open_clip
     text = json.dumps(model_cfg, sort_keys=True)
     name = 'kdgan-{}-{}'.format(stem, hashlib.md5(text.encode('utf-8')).hexdigest()[:10])
     if open_clip.get_model_config(name) is None:
@@ -517,7 +517,7 @@ class CLIPTeacher(torch.nn.Module):
             raise ValueError("amp must be 'fp16', 'bf16' or None, got {!r}".format(amp))
         format_prompts(['x'], template)  # validate the template now, not at first use
 
-        import open_clip  # pylint: disable=import-outside-toplevel
+        import open_clip
         arch = plan.arch
         if plan.model_cfg is not None:
             arch = _register_config(plan.model_cfg, os.path.splitext(os.path.basename(plan.config))[0])
@@ -622,7 +622,7 @@ class CLIPTeacher(torch.nn.Module):
             emb = self.model.encode_image(x, normalize=False)
         return emb.float()
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:  # pylint: disable=arguments-differ
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.encode_image(img)
 
     # -- text ------------------------------------------------------------------

@@ -161,7 +161,7 @@ def cache_path_for_url(url: str, cache_dir: Optional[str] = None) -> str:
     if cache_dir is None:
         cache_dir = dnnlib.util.make_cache_dir_path('downloads')
     url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
-    return os.path.join(cache_dir, url_md5 + '_' + dnnlib.util._safe_file_name(url))  # pylint: disable=protected-access
+    return os.path.join(cache_dir, url_md5 + '_' + dnnlib.util._safe_file_name(url))
 
 
 def _cached_copy(url: str, cache_dir: str) -> Optional[str]:
@@ -222,13 +222,13 @@ def _probe(url: str, timeout: float) -> Optional[str]:
 
     def attempt():
         try:
-            import requests  # pylint: disable=import-outside-toplevel
+            import requests
             res = requests.head(url, timeout=(timeout, timeout), allow_redirects=True)
             if res.status_code >= 400 and res.status_code not in (403, 405):  # some servers refuse HEAD only
                 outcome[0] = 'HTTP {}'.format(res.status_code)
             else:
                 outcome[0] = None
-        except Exception as err:  # pylint: disable=broad-except
+        except Exception as err:
             outcome[0] = _short_reason(err)
 
     thread = threading.Thread(target=attempt, name='asset-probe', daemon=True)
@@ -293,7 +293,7 @@ def resolve_asset(url_or_name: str, detector_dir: Optional[str] = None, env_var:
     text = str(url_or_name)
     is_url = dnnlib.util.is_url(text, allow_file_urls=True)
     if is_url and text.lower().startswith('file://'):
-        text = dnnlib.util._file_url_to_path(text)  # pylint: disable=protected-access
+        text = dnnlib.util._file_url_to_path(text)
         is_url = False
     if not is_url and os.path.isfile(os.path.expanduser(text)):
         return os.path.expanduser(text)
@@ -333,10 +333,10 @@ def is_pytorch_fid_file(path: str) -> bool:
 
 def load_detector_file(path: str, device):
     """Load a detector file: TorchScript (`.pt`) or pytorch-fid's Inception weights (`.pth`)."""
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     device = torch.device(device)
     if is_pytorch_fid_file(path):
-        from metrics import inception_port  # pylint: disable=import-outside-toplevel
+        from metrics import inception_port
         detector = inception_port.load_pytorch_fid_inception(path, device)
     else:
         with dnnlib.util.open_url(path, verbose=False) as f, warnings.catch_warnings():
@@ -353,7 +353,7 @@ def load_detector(url: str, device, detector_dir: Optional[str] = None, verbose:
     Loaded once per (device, resolved file): per (url, device) as long as the
     search places do not change.
     """
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     path = resolve_asset(url, detector_dir=detector_dir, verbose=verbose)
     key = (str(torch.device(device)), os.path.abspath(path))
     with _detector_lock:

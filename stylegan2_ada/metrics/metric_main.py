@@ -105,7 +105,7 @@ def _broadcast_results(results, opts):
     """Rank 0's values on every rank (other ranks compute NaN placeholders)."""
     if opts.num_gpus <= 1:
         return results
-    import torch  # pylint: disable=import-outside-toplevel
+    import torch
     device = opts.device if opts.device.type == 'cuda' else torch.device('cpu')
     out = dnnlib.EasyDict()
     for key in sorted(results):
@@ -123,7 +123,7 @@ def calc_metric(metric, **kwargs):
     """
     if not is_valid_metric(metric):
         raise ValueError('unknown metric {!r}; valid: {}'.format(metric, ', '.join(list_valid_metrics())))
-    from metrics import metric_utils  # pylint: disable=import-outside-toplevel
+    from metrics import metric_utils
     opts = metric_utils.MetricOptions(**kwargs)
 
     start_time = time.time()
@@ -177,7 +177,7 @@ def make_fid(max_real, num_gen, full=True):
             _full(opts)
         else:
             opts.dataset_kwargs.update(max_size=None)
-        from metrics import frechet_inception_distance  # pylint: disable=import-outside-toplevel
+        from metrics import frechet_inception_distance
         return {fn.__name__: frechet_inception_distance.compute_fid(opts, max_real=max_real, num_gen=num_gen)}
     return fn
 
@@ -188,7 +188,7 @@ def make_kid(max_real, num_gen, num_subsets=100, max_subset_size=1000, full=True
             _full(opts)
         else:
             opts.dataset_kwargs.update(max_size=None)
-        from metrics import kernel_inception_distance  # pylint: disable=import-outside-toplevel
+        from metrics import kernel_inception_distance
         kid = kernel_inception_distance.compute_kid(opts, max_real=max_real, num_gen=num_gen,
                                                     num_subsets=num_subsets, max_subset_size=max_subset_size)
         return {fn.__name__: kid}
@@ -200,7 +200,7 @@ def make_fid_kid(max_real, num_gen, num_subsets=100, max_subset_size=1000):
     for comparisons that report both, at the cost of one generation pass."""
     def fn(opts):
         _full(opts)
-        from metrics import kernel_inception_distance  # pylint: disable=import-outside-toplevel
+        from metrics import kernel_inception_distance
         fid, kid = kernel_inception_distance.compute_fid_kid(opts, max_real=max_real, num_gen=num_gen,
                                                              num_subsets=num_subsets, max_subset_size=max_subset_size)
         suffix = fn.__name__[len('fidkid'):]
@@ -214,7 +214,7 @@ def make_pr(max_real, num_gen, nhood_size=3, row_batch_size=10000, col_batch_siz
             _full(opts)
         else:
             opts.dataset_kwargs.update(max_size=None)
-        from metrics import precision_recall  # pylint: disable=import-outside-toplevel
+        from metrics import precision_recall
         precision, recall = precision_recall.compute_pr(opts, max_real=max_real, num_gen=num_gen,
                                                         nhood_size=nhood_size, row_batch_size=row_batch_size,
                                                         col_batch_size=col_batch_size)
@@ -225,7 +225,7 @@ def make_pr(max_real, num_gen, nhood_size=3, row_batch_size=10000, col_batch_siz
 def make_is(num_gen, num_splits=10):
     def fn(opts):
         _full(opts)
-        from metrics import inception_score  # pylint: disable=import-outside-toplevel
+        from metrics import inception_score
         mean, std = inception_score.compute_is(opts, num_gen=num_gen, num_splits=num_splits)
         return {fn.__name__ + '_mean': mean, fn.__name__ + '_std': std}
     return fn
@@ -233,7 +233,7 @@ def make_is(num_gen, num_splits=10):
 
 def make_ppl(num_samples, space, sampling, crop, epsilon=1e-4, batch_size=2):
     def fn(opts):
-        from metrics import perceptual_path_length  # pylint: disable=import-outside-toplevel
+        from metrics import perceptual_path_length
         ppl = perceptual_path_length.compute_ppl(opts, num_samples=num_samples, epsilon=epsilon, space=space,
                                                  sampling=sampling, crop=crop, batch_size=batch_size)
         return {fn.__name__: ppl}

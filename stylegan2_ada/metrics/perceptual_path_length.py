@@ -96,7 +96,7 @@ def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size=2)
     """PPL of `opts.G`; NaN on ranks other than 0."""
     vgg16 = metric_utils.get_feature_detector(DETECTOR_URL, device=opts.device, detector_dir=opts.detector_dir)
     dataset = metric_utils.open_dataset(opts)
-    sample_c = metric_utils._LabelSampler(dataset, opts.G.c_dim)  # pylint: disable=protected-access
+    sample_c = metric_utils._LabelSampler(dataset, opts.G.c_dim)
     sampler = PPLSampler(G=opts.G, G_kwargs=opts.G_kwargs, epsilon=epsilon, space=space, sampling=sampling,
                          crop=crop, vgg16=vgg16)
     sampler.eval().requires_grad_(False).to(opts.device)

@@ -317,7 +317,7 @@ def setup_process(rank, num_gpus, device_type, temp_dir):
     if on_cuda:
         torch.cuda.set_device(device)
     if num_gpus > 1:
-        import os  # pylint: disable=import-outside-toplevel
+        import os
         init_file = os.path.abspath(os.path.join(temp_dir, '.torch_distributed_init'))
         init_method = f'file:///{init_file.replace(os.sep, "/")}' if os.name == 'nt' else f'file://{init_file}'
         torch.distributed.init_process_group(backend=('nccl' if on_cuda else 'gloo'), init_method=init_method,

@@ -110,7 +110,7 @@ class StyleGAN2Loss(Loss):
         self.step = None        # Per-call scratch of the terms during accumulate_gradients.
         self.terms = []
         if terms:
-            from kdgan_plugins.losses.terms import build_terms   # pylint: disable=import-outside-toplevel
+            from kdgan_plugins.losses.terms import build_terms
             self.terms = build_terms(self, terms)
 
     # Shared resources of the terms.
@@ -132,7 +132,7 @@ class StyleGAN2Loss(Loss):
                     kwargs['pretrained'] = None
             labels = kwargs.get('labels', None)
             if labels is None or isinstance(labels, str):
-                from kdgan_plugins.teachers import clip_teacher   # pylint: disable=import-outside-toplevel
+                from kdgan_plugins.teachers import clip_teacher
                 kwargs['labels'] = clip_teacher.resolve_labels(
                     labels if labels is not None else 'auto', dataset_class_names=self.class_names,
                     conditional=getattr(self.D_module, 'c_dim', 0) > 0)
@@ -407,7 +407,7 @@ class StyleGAN2Loss(Loss):
         with torch.autograd.profiler.record_function(name + '_backward'):
             loss.mul(gain).backward()
 
-    def _sum_extra_terms(self, side, res, c, step=None):  # pylint: disable=unused-argument
+    def _sum_extra_terms(self, side, res, c, step=None):
         total = 0
         for term_name, value in self.extra_D_terms(side, res, c).items():
             training_stats.report('Loss/D/' + term_name, value)
@@ -420,7 +420,7 @@ DEFAULT_TEACHER_CLASS = 'kdgan_plugins.teachers.clip_teacher.CLIPTeacher'
 
 def terms_lib():
     """kdgan_plugins.losses.terms (imported when first needed, so plain StyleGAN2 runs never need it)."""
-    from kdgan_plugins.losses import terms   # pylint: disable=import-outside-toplevel
+    from kdgan_plugins.losses import terms
     return terms
 
 
