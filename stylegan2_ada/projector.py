@@ -1,20 +1,22 @@
-"""Project an image into the W space of a generator (LPIPS distance on VGG16).
+"""Find the w whose image looks most like a given picture (LPIPS on NVIDIA's VGG16).
 
 Examples:
     python projector.py --outdir=out --target=face.png --network=ffhq.pkl
     python projector.py --outdir=out --target=face.png --network=snapshot.pkl --num-steps=500 --save-video=false
     python generate.py --outdir=out --projected-w=out/projected_w.npz --network=snapshot.pkl
 
-One w (the same for every layer) is optimised with Adam so that the generated
-image matches the target under the LPIPS distance of NVIDIA's VGG16 detector;
-the noise inputs of the synthesis layers are optimised alongside it, kept
-uncorrelated by a regulariser. Writes `target.png` (the target, center-cropped
-and resized to the generator's resolution), `proj.png`, `projected_w.npz`
-(`w`: [1, num_ws, w_dim]) and, when imageio with ffmpeg is installed,
-`proj.mp4` showing target and projection side by side over the steps.
+A single w, shared by all layers, is fitted with Adam; the synthesis noise
+inputs are fitted alongside it, and a penalty on their spatial
+autocorrelation stops them from carrying the picture themselves. The start
+is the mean of many mapped latents; early steps jitter w by a shrinking
+amount so the fit does not settle in the first basin it meets. Outputs:
+`target.png` (the picture, center-cropped and resized to the generator),
+`proj.png`, `projected_w.npz` (`w`: [1, num_ws, w_dim]) and, when imageio can
+write MP4, `proj.mp4` with target and fit side by side at every step.
 """
 
 import copy
+import dataclasses
 import inspect
 import math
 import os
@@ -26,193 +28,191 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+import generate
 from generate import load_generator
 from metrics import detectors
 
-# The optimisation.
+
+@dataclasses.dataclass(frozen=True)
+class ProjectionSchedule:
+    """Step-size and jitter schedules of `project`, as functions of progress t in [0, 1).
+
+    The field names are the keyword arguments `project` has always accepted.
+    """
+    initial_learning_rate: float = 0.1
+    lr_rampup_length: float = 0.05       # linear warm-up, as a fraction of the steps
+    lr_rampdown_length: float = 0.25     # half-cosine cool-down over the last fraction
+    initial_noise_factor: float = 0.05   # w jitter at t = 0, in units of the spread of w
+    noise_ramp_length: float = 0.75      # jitter falls quadratically to zero by this t
+    regularize_noise_weight: float = 1e5
+
+    def learning_rate(self, t):
+        cool = min(1.0, (1.0 - t) / self.lr_rampdown_length)
+        factor = 0.5 - 0.5 * math.cos(cool * math.pi)
+        if self.lr_rampup_length > 0:
+            factor = factor * min(1.0, t / self.lr_rampup_length)
+        return self.initial_learning_rate * factor
+
+    def jitter(self, t, w_std):
+        remaining = max(0.0, 1.0 - t / self.noise_ramp_length)
+        return w_std * self.initial_noise_factor * remaining ** 2
 
 
-def _accepts_kwarg(fn, name):
+def _synthesis_kwargs(G):
+    """noise_mode='const' for synthesis networks that take it (plug-ins may not)."""
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = inspect.signature(G.synthesis.forward).parameters.values()
     except (TypeError, ValueError):
-        return True
-    return any(p.name == name or p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
+        return dict(noise_mode='const')
+    takes_it = any(p.name == 'noise_mode' or p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
+    return dict(noise_mode='const') if takes_it else {}
 
 
 def _noise_buffers(G):
-    """The synthesis network's per-layer noise inputs (`*.noise_const`), by name; {} if it has none."""
+    """{name: buffer} of the synthesis network's `noise_const` inputs; empty when it has none."""
     synthesis = getattr(G, 'synthesis', G)
-    return {name: buf for name, buf in synthesis.named_buffers() if name.split('.')[-1] == 'noise_const'}
+    return {name: buf for name, buf in synthesis.named_buffers() if name.rsplit('.', 1)[-1] == 'noise_const'}
+
+
+def _pyramid(buf):
+    """The buffer as [1, C, H, W], then halved by 2x2 averages while both sides exceed 8."""
+    level = buf.reshape(1, -1, buf.shape[-2], buf.shape[-1])
+    yield level
+    while min(level.shape[2], level.shape[3]) > 8:
+        level = F.avg_pool2d(level, kernel_size=2)
+        yield level
 
 
 def _noise_regularizer(bufs):
-    """Sum over buffers and scales of squared one-pixel autocorrelations (x and y).
+    """Squared mean products of each pixel with its neighbour (x, then y), summed over buffers and scales.
 
-    White noise scores ~0; any spatial structure smuggled into the noise
-    inputs raises it. Each buffer is halved by average pooling until it is
-    8 pixels or less."""
-    total = 0.0
+    Close to 0 for white noise; large once the noise inputs hold image structure.
+    """
+    penalty = 0.0
     for buf in bufs:
-        v = buf.reshape(1, -1, buf.shape[-2], buf.shape[-1])
-        while True:
-            total = total + (v * torch.roll(v, shifts=1, dims=3)).mean().square()
-            total = total + (v * torch.roll(v, shifts=1, dims=2)).mean().square()
-            if min(v.shape[2], v.shape[3]) <= 8:
-                break
-            v = F.avg_pool2d(v, kernel_size=2)
-    return total
+        for level in _pyramid(buf):
+            for axis in (3, 2):
+                penalty = penalty + (level * torch.roll(level, shifts=1, dims=axis)).mean().square()
+    return penalty
 
 
 def _lpips_input(images, size):
-    """[N, C, H, W] in [0, 255] -> RGB at most size x size, the way the detector receives it."""
+    """[N, C, H, W] in [0, 255] as the detector wants it: three channels, at most size x size (area)."""
     if images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
-    if images.shape[2] > size or images.shape[3] > size:
-        images = F.interpolate(images, size=(size, size), mode='area')
-    return images
+    too_big = images.shape[2] > size or images.shape[3] > size
+    return F.interpolate(images, size=(size, size), mode='area') if too_big else images
 
 
 def _latent_stats(G, num_samples, seed, device, batch=1000):
-    """Mean and spread of w over `num_samples` mapped z (labels cycle through the classes)."""
-    rnd = np.random.RandomState(seed)
-    z_all = torch.from_numpy(rnd.randn(num_samples, G.z_dim).astype(np.float32))
-    ws = []
+    """Mean [1, 1, w_dim] and scalar spread of w over `num_samples` seeded z (labels cycle over classes)."""
+    z_all = torch.from_numpy(np.random.RandomState(seed).randn(num_samples, G.z_dim).astype(np.float32))
+    chunks = []
     for start in range(0, num_samples, batch):
         z = z_all[start:start + batch].to(device)
         c = torch.zeros([len(z), G.c_dim], device=device)
         if G.c_dim > 0:
-            c[torch.arange(len(z)), (torch.arange(len(z)) + start) % G.c_dim] = 1
-        ws.append(G.mapping(z, c)[:, :1, :].to(torch.float32))   # [n, 1, w_dim]
-    w = torch.cat(ws)
-    w_avg = w.mean(dim=0, keepdim=True)                            # [1, 1, w_dim]
-    w_std = float(((w - w_avg).square().sum() / num_samples) ** 0.5)
-    return w_avg, w_std
+            rows = torch.arange(len(z))
+            c[rows, (rows + start) % G.c_dim] = 1
+        chunks.append(G.mapping(z, c)[:, :1, :].to(torch.float32))
+    w = torch.cat(chunks)
+    centre = w.mean(dim=0, keepdim=True)
+    spread = float(((w - centre).square().sum() / num_samples) ** 0.5)
+    return centre, spread
 
 
-def project(
-    G,
-    target,                          # [C, H, W] in [0, 255] at G's resolution.
-    *,
-    vgg16,                           # NVIDIA's VGG16 detector (or one with its interface).
-    num_steps=1000,
-    w_avg_samples=10000,
-    initial_learning_rate=0.1,
-    initial_noise_factor=0.05,
-    lr_rampdown_length=0.25,
-    lr_rampup_length=0.05,
-    noise_ramp_length=0.75,
-    regularize_noise_weight=1e5,
-    lpips_size=256,                  # Images larger than this are area-resized for LPIPS.
-    w_avg_seed=123,
-    device=torch.device('cpu'),
-    verbose=False,
-    log_every=1,
-    return_dists=False,
-):
-    """Optimise one w so that G.synthesis(w broadcast to num_ws) matches `target` under LPIPS.
+class _Fit:
+    """The optimisation state of one projection: a private copy of G, w, the noise inputs, Adam."""
 
-    Returns the w of every step, [num_steps, num_ws, w_dim] (the last is the
-    result); with `return_dists=True`, also the LPIPS distance measured at
-    each step (numpy, [num_steps]). G is not modified: a copy is optimised.
+    def __init__(self, G, target, vgg16, schedule, w_avg_samples, w_avg_seed, lpips_size, device, log):
+        self.G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
+        self.vgg16, self.schedule, self.lpips_size = vgg16, schedule, lpips_size
+        self.synth_kwargs = _synthesis_kwargs(self.G)
+        log(f'Computing W midpoint and stddev using {w_avg_samples} samples...')
+        with torch.no_grad():
+            w_avg, self.w_std = _latent_stats(self.G, w_avg_samples, w_avg_seed, device)
+        self.noise = list(_noise_buffers(self.G).values())
+        with torch.no_grad():
+            for buf in self.noise:
+                buf.copy_(torch.randn_like(buf))
+            goal = target.to(device=device, dtype=torch.float32).unsqueeze(0)
+            self.goal_features = self._features(goal)
+        for buf in self.noise:
+            buf.requires_grad_(True)
+        self.w = w_avg.clone().requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.w] + self.noise, betas=(0.9, 0.999),
+                                          lr=schedule.initial_learning_rate)
+
+    def _features(self, images):
+        return self.vgg16(_lpips_input(images, self.lpips_size), resize_images=False, return_lpips=True)
+
+    def step(self, t):
+        """One Adam step at progress t; returns (LPIPS distance, total loss) as floats."""
+        for group in self.optimizer.param_groups:
+            group['lr'] = self.schedule.learning_rate(t)
+        shaken = self.w + torch.randn_like(self.w) * self.schedule.jitter(t, self.w_std)
+        img = self.G.synthesis(shaken.repeat([1, self.G.num_ws, 1]), **self.synth_kwargs)
+        dist = (self.goal_features - self._features((img.to(torch.float32) + 1) * (255 / 2))).square().sum()
+        penalty = _noise_regularizer(self.noise) if self.noise else torch.zeros([], device=dist.device)
+        loss = dist + penalty * self.schedule.regularize_noise_weight
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(dist.detach()), float(loss.detach())
+
+    @torch.no_grad()
+    def renormalise_noise(self):
+        """Adam drifts the noise inputs; pull each back to zero mean and unit variance."""
+        for buf in self.noise:
+            buf -= buf.mean()
+            buf *= buf.square().mean().rsqrt()
+
+
+def project(G, target, *, vgg16, num_steps=1000, w_avg_samples=10000, lpips_size=256, w_avg_seed=123,
+            device=torch.device('cpu'), verbose=False, log_every=1, return_dists=False, **schedule):
+    """Fit one w so that G.synthesis(w on every layer) matches `target` ([C, H, W], 0-255, G's size).
+
+    `schedule` takes the fields of ProjectionSchedule. Returns the w after each
+    step, [num_steps, num_ws, w_dim] (the last is the answer), and with
+    `return_dists=True` also the LPIPS distance of each step (numpy). G itself
+    is left as it was: a copy is optimised.
     """
     if num_steps < 1:
         raise ValueError('num_steps must be at least 1')
-    res = G.img_resolution
-    if tuple(target.shape) != (G.img_channels, res, res):
-        raise ValueError(f'target must be [{G.img_channels}, {res}, {res}], got {list(target.shape)}')
+    size = G.img_resolution
+    if tuple(target.shape) != (G.img_channels, size, size):
+        raise ValueError(f'target must be [{G.img_channels}, {size}, {size}], got {list(target.shape)}')
     device = torch.device(device)
     log = print if verbose else (lambda *args, **kwargs: None)
+    fit = _Fit(G, target, vgg16, ProjectionSchedule(**schedule), w_avg_samples, w_avg_seed, lpips_size, device, log)
 
-    G = copy.deepcopy(G).eval().requires_grad_(False).to(device)
-    synth_kwargs = dict(noise_mode='const') if _accepts_kwarg(G.synthesis.forward, 'noise_mode') else {}
-
-    log(f'Computing W midpoint and stddev using {w_avg_samples} samples...')
-    with torch.no_grad():
-        w_avg, w_std = _latent_stats(G, w_avg_samples, w_avg_seed, device)
-
-    # Noise inputs become free variables, started as normalised white noise.
-    noise_bufs = list(_noise_buffers(G).values())
-    for buf in noise_bufs:
-        with torch.no_grad():
-            buf.copy_(torch.randn_like(buf))
-        buf.requires_grad_(True)
-
-    with torch.no_grad():
-        target_img = target.to(device=device, dtype=torch.float32).unsqueeze(0)
-        target_features = vgg16(_lpips_input(target_img, lpips_size), resize_images=False, return_lpips=True)
-
-    w_opt = w_avg.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([w_opt] + noise_bufs, betas=(0.9, 0.999), lr=initial_learning_rate)
-    w_out = torch.zeros([num_steps, w_avg.shape[-1]], dtype=torch.float32, device=device)
+    history = torch.zeros([num_steps, fit.w.shape[-1]], dtype=torch.float32, device=device)
     dists = np.zeros([num_steps], dtype=np.float64)
-
+    every = max(1, log_every)
     for step in range(num_steps):
-        # Schedules: w jitter decays quadratically to 0 over noise_ramp_length; lr ramps up
-        # linearly, then follows a half cosine down over the last lr_rampdown_length.
-        t = step / num_steps
-        w_noise_scale = w_std * initial_noise_factor * max(0.0, 1.0 - t / noise_ramp_length) ** 2
-        ramp = min(1.0, (1.0 - t) / lr_rampdown_length)
-        ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-        ramp = ramp * min(1.0, t / lr_rampup_length) if lr_rampup_length > 0 else ramp
-        for group in optimizer.param_groups:
-            group['lr'] = initial_learning_rate * ramp
+        dists[step], loss = fit.step(step / num_steps)
+        history[step] = fit.w.detach()[0, 0]
+        if step % every == 0 or step + 1 == num_steps:
+            log(f'step {step + 1:>4d}/{num_steps}: dist {dists[step]:<8.5g} loss {loss:<8.5g}')
+        fit.renormalise_noise()
 
-        w_jittered = w_opt + torch.randn_like(w_opt) * w_noise_scale
-        ws = w_jittered.repeat([1, G.num_ws, 1])
-        synth = G.synthesis(ws, **synth_kwargs)
-        synth = (synth.to(torch.float32) + 1) * (255 / 2)
-        synth_features = vgg16(_lpips_input(synth, lpips_size), resize_images=False, return_lpips=True)
-        dist = (target_features - synth_features).square().sum()
-        reg = _noise_regularizer(noise_bufs) if noise_bufs else torch.zeros([], device=device)
-        loss = dist + reg * regularize_noise_weight
-
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-        dists[step] = float(dist.detach())
-        w_out[step] = w_opt.detach()[0, 0]
-        if step % max(1, log_every) == 0 or step == num_steps - 1:
-            log(f'step {step + 1:>4d}/{num_steps}: dist {dists[step]:<8.5g} loss {float(loss.detach()):<8.5g}')
-
-        # Keep the noise inputs zero-mean with unit variance.
-        with torch.no_grad():
-            for buf in noise_bufs:
-                buf -= buf.mean()
-                buf *= buf.square().mean().rsqrt()
-
-    ws_all = w_out.unsqueeze(1).repeat([1, G.num_ws, 1])
-    return (ws_all, dists) if return_dists else ws_all
-
-# Command line.
+    ws = history.unsqueeze(1).repeat([1, fit.G.num_ws, 1])
+    return (ws, dists) if return_dists else ws
 
 
 def load_target(path, resolution, channels):
-    """Image file -> center-cropped square at `resolution`, as a [C, H, W] uint8 array."""
+    """Image file -> [C, resolution, resolution] uint8: the largest centred square, Lanczos-resized."""
     try:
         img = PIL.Image.open(path)
         img.load()
     except (OSError, ValueError) as err:
         raise click.ClickException(f'cannot read target image {path}: {err}')
     img = img.convert('L' if channels == 1 else 'RGB')
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
+    side = min(img.size)
+    left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
     img = img.crop((left, top, left + side, top + side)).resize((resolution, resolution), PIL.Image.LANCZOS)
-    arr = np.array(img, dtype=np.uint8)
-    return arr[np.newaxis] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _to_pil(chw_uint8):
-    if chw_uint8.shape[0] == 1:
-        return PIL.Image.fromarray(chw_uint8[0], 'L')
-    return PIL.Image.fromarray(chw_uint8.transpose(1, 2, 0), 'RGB')
-
-
-def _synth_uint8(G, w, synth_kwargs):
-    img = G.synthesis(w.unsqueeze(0), **synth_kwargs)
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)[0].cpu().numpy()
+    pixels = np.array(img, dtype=np.uint8)
+    return pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
 def load_vgg16(device, detector_dir=None):
@@ -237,52 +237,55 @@ def _open_video_writer(path):
         return None
 
 
+def _render(G, w):
+    """[num_ws, w_dim] -> HWC uint8 with the stored noise, as generate.py --projected-w renders it."""
+    with torch.no_grad():
+        return generate.image_to_uint8(G.synthesis(w.unsqueeze(0), **_synthesis_kwargs(G)))[0]
+
+
+def _write_video(path, G, ws, target_hwc):
+    writer = _open_video_writer(path)
+    if writer is None:
+        return
+    print(f'Saving optimization progress video "{path}"')
+    for w in ws:
+        frame = np.concatenate([target_hwc, _render(G, w)], axis=1)
+        writer.append_data(np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame)
+    writer.close()
+
+
 @click.command()
-@click.option('--network', 'network_pkl', help='Network pickle filename or URL', required=True, metavar='PATH')
-@click.option('--target', 'target_fname', help='Target image file to project to', required=True, metavar='FILE')
-@click.option('--num-steps', help='Number of optimization steps', type=click.IntRange(min=1), default=1000,
-              show_default=True)
-@click.option('--seed', help='Random seed', type=int, default=303, show_default=True)
-@click.option('--save-video', help='Save an mp4 video of the optimization progress', type=bool, default=True,
-              show_default=True)
-@click.option('--outdir', help='Where to save the output images', required=True, metavar='DIR')
-@click.option('--detector-dir', help=f'Folder holding vgg16.pt (also ${detectors.DEFAULT_ENV_VAR})', metavar='DIR')
+@click.option('--network', 'network_pkl', required=True, metavar='PATH', help='Pickle to load (file or URL)')
+@click.option('--target', 'target_fname', required=True, metavar='FILE', help='Picture to find in the latent space')
+@click.option('--outdir', required=True, metavar='DIR', help='Folder for the results (created if needed)')
+@click.option('--num-steps', type=click.IntRange(min=1), default=1000, show_default=True, help='Adam steps')
+@click.option('--seed', type=int, default=303, show_default=True, help='Seed of numpy and torch before the fit')
+@click.option('--save-video', type=bool, default=True, show_default=True,
+              help='Also write proj.mp4, one frame per step')
+@click.option('--detector-dir', metavar='DIR', help=f'Folder holding vgg16.pt (also ${detectors.DEFAULT_ENV_VAR})')
 def run_projection(network_pkl, target_fname, num_steps, seed, save_video, outdir, detector_dir):
-    """Project a target image into the latent space of a pretrained network pickle.
+    """Find the latent of a picture in a network pickle's generator.
 
     Writes target.png, proj.png and projected_w.npz (and proj.mp4 with --save-video and imageio).
     """
-    if not os.path.isfile(target_fname):
-        raise click.BadParameter(f'file not found: {target_fname}', param_hint="'--target'")
+    generate.require_file(target_fname, '--target')
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    print(f'Using device: {device}' + ('' if device.type == 'cuda' else ' (no CUDA device found; this is slower)'))
+    device = generate.pick_device()
     G = load_generator(network_pkl, device)
     vgg16 = load_vgg16(device, detector_dir)
     target = load_target(target_fname, G.img_resolution, G.img_channels)
 
-    start = time.time()
+    started = time.time()
     ws = project(G, torch.from_numpy(target), vgg16=vgg16, num_steps=num_steps, device=device, verbose=True)
-    print(f'Elapsed: {time.time() - start:.1f} s')
+    print(f'Elapsed: {time.time() - started:.1f} s')
 
     os.makedirs(outdir, exist_ok=True)
-    synth_kwargs = dict(noise_mode='const') if _accepts_kwarg(G.synthesis.forward, 'noise_mode') else {}
+    target_hwc = target.transpose(1, 2, 0)
     if save_video:
-        writer = _open_video_writer(os.path.join(outdir, 'proj.mp4'))
-        if writer is not None:
-            print(f'Saving optimization progress video "{outdir}/proj.mp4"')
-            with torch.no_grad():
-                for w in ws:
-                    frame = np.concatenate([target, _synth_uint8(G, w, synth_kwargs)], axis=2)
-                    frame = np.repeat(frame, 3, axis=0) if frame.shape[0] == 1 else frame
-                    writer.append_data(frame.transpose(1, 2, 0))
-            writer.close()
-
-    _to_pil(target).save(os.path.join(outdir, 'target.png'))
-    with torch.no_grad():
-        _to_pil(_synth_uint8(G, ws[-1], synth_kwargs)).save(os.path.join(outdir, 'proj.png'))
+        _write_video(os.path.join(outdir, 'proj.mp4'), G, ws, target_hwc)
+    generate.save_png(target_hwc, os.path.join(outdir, 'target.png'))
+    generate.save_png(_render(G, ws[-1]), os.path.join(outdir, 'proj.png'))
     np.savez(os.path.join(outdir, 'projected_w.npz'), w=ws[-1:].cpu().numpy().astype(np.float32))
     print(f'Wrote target.png, proj.png and projected_w.npz to {outdir}')
 

@@ -19,95 +19,91 @@ import os
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 
 import generate
 
-
-def _range_option(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return generate.parse_range(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err), ctx=ctx, param=param)
+_DEFAULT_STYLES = range(7)   # the coarse layers of a 1024x1024 StyleGAN2, cut to the network's num_ws
 
 
 def map_seeds(G, seeds, label, truncation_psi):
-    """{seed: w [num_ws, w_dim]} for each seed, truncated towards w_avg when psi != 1."""
-    z = torch.from_numpy(np.stack([np.random.RandomState(seed).randn(G.z_dim) for seed in seeds])).to(label.device)
-    ws = G.mapping(z.to(torch.float32), label.expand(len(seeds), -1))
+    """{seed: w [num_ws, w_dim]}, all seeds mapped in one batch, pulled towards w_avg when psi != 1."""
+    latents = np.stack([np.random.RandomState(seed).randn(G.z_dim) for seed in seeds])
+    z = torch.from_numpy(latents).to(label.device).to(torch.float32)
+    ws = G.mapping(z, label.expand(len(seeds), -1))
     if ws.ndim != 3 or ws.shape[1] != G.num_ws:
         raise click.ClickException(f'G.mapping returned shape {tuple(ws.shape)}; expected [N, {G.num_ws}, w_dim]')
     if truncation_psi != 1:
-        w_avg = getattr(G.mapping, 'w_avg', None)
-        if w_avg is None:
+        centre = getattr(G.mapping, 'w_avg', None)
+        if centre is None:
             raise click.UsageError('this network has no w_avg, so it cannot be truncated; use --trunc=1')
-        ws = w_avg + (ws - w_avg) * truncation_psi
-    return {seed: w for seed, w in zip(seeds, ws)}
+        ws = centre + (ws - centre) * truncation_psi
+    return dict(zip(seeds, ws))
+
+
+def _mixed(w_row, w_col, styles):
+    """Row latent with the listed style layers taken from the column latent."""
+    out = w_row.clone()
+    out[styles] = w_col[styles]
+    return out
 
 
 def mix_images(G, w_dict, row_seeds, col_seeds, col_styles, noise_mode):
-    """{(row, col): uint8 HWC image} for every pair and for each seed with itself."""
+    """{(row, col): HWC uint8} for every pair, plus (seed, seed) for each parent unmixed."""
+    parents = [((seed, seed), w_dict[seed]) for seed in dict.fromkeys(row_seeds + col_seeds)]
+    children = [((row, col), _mixed(w_dict[row], w_dict[col], col_styles)) for row in row_seeds for col in col_seeds]
     images = {}
-
-    def render(w):
-        img = G.synthesis(w.unsqueeze(0), noise_mode=noise_mode)
-        return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)[0].cpu().numpy()
-
-    for seed in dict.fromkeys(row_seeds + col_seeds):
-        images[(seed, seed)] = render(w_dict[seed])
-    for row in row_seeds:
-        for col in col_seeds:
-            w = w_dict[row].clone()
-            w[col_styles] = w_dict[col][col_styles]
-            images[(row, col)] = render(w)
+    for key, w in parents + children:   # one at a time, in this order: --noise-mode=random draws per image
+        images[key] = generate.image_to_uint8(G.synthesis(w[None], noise_mode=noise_mode))[0]
     return images
 
 
 def save_png(img, path):
-    PIL.Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img, 'L' if img.shape[2] == 1 else 'RGB').save(path)
+    generate.save_png(img, path)
 
 
 def make_grid(images, row_seeds, col_seeds):
-    """Column sources along the top, row sources down the left, the mixes inside; the
-    top-left cell stays black."""
-    H, W, C = next(iter(images.values())).shape
-    canvas = np.zeros([H * (len(row_seeds) + 1), W * (len(col_seeds) + 1), C], dtype=np.uint8)
-    for i, row in enumerate([None] + row_seeds):
-        for j, col in enumerate([None] + col_seeds):
-            if row is None and col is None:
-                continue
-            key = (col, col) if row is None else (row, row) if col is None else (row, col)
-            canvas[H * i:H * (i + 1), W * j:W * (j + 1)] = images[key]
+    """One canvas: parents on the first row and column, mixes inside, the corner left black."""
+    height, width, channels = next(iter(images.values())).shape
+    cells = {(0, j): (col, col) for j, col in enumerate(col_seeds, start=1)}
+    for i, row in enumerate(row_seeds, start=1):
+        cells[i, 0] = (row, row)
+        cells.update({(i, j): (row, col) for j, col in enumerate(col_seeds, start=1)})
+    canvas = np.zeros([height * (len(row_seeds) + 1), width * (len(col_seeds) + 1), channels], dtype=np.uint8)
+    for (i, j), key in cells.items():
+        canvas[i * height:(i + 1) * height, j * width:(j + 1) * width] = images[key]
     return canvas
 
 
-@click.command()
-@click.option('--network', 'network_pkl', help='Network pickle filename or URL', required=True, metavar='PATH')
-@click.option('--rows', 'row_seeds', callback=_range_option, help='Random seeds for image rows', required=True)
-@click.option('--cols', 'col_seeds', callback=_range_option, help='Random seeds for image columns', required=True)
-@click.option('--styles', 'col_styles', callback=_range_option,
-              help='Style layer range taken from the columns  [default: 0-6, limited to the network\'s num_ws]')
-@click.option('--trunc', 'truncation_psi', type=float, help='Truncation psi', default=1, show_default=True)
-@click.option('--noise-mode', help='Noise mode', type=click.Choice(['const', 'random', 'none']), default='const',
-              show_default=True)
-@click.option('--class', 'class_idx', type=int, help='Class label (needed by conditional networks)')
-@click.option('--outdir', help='Where to save the output images', type=str, required=True, metavar='DIR')
-def generate_style_mix(network_pkl, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, class_idx, outdir):
-    """Generate images using pretrained network pickle, mixing styles of the column seeds into the row seeds."""
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    print(f'Using device: {device}')
-    G = generate.load_generator(network_pkl, device)
-
+def _check_styles(col_styles, num_ws):
     if col_styles is None:
-        col_styles = [i for i in range(7) if i < G.num_ws]  # upstream's 0-6, within smaller networks
-    bad = [i for i in col_styles if not 0 <= i < G.num_ws]
-    if bad:
-        raise click.BadParameter(f'{", ".join(map(str, bad))} out of range: this network has {G.num_ws} styles '
-                                 f'(0-{G.num_ws - 1})', param_hint="'--styles'")
+        return [i for i in _DEFAULT_STYLES if i < num_ws]
+    outside = [str(i) for i in col_styles if i < 0 or i >= num_ws]
+    if outside:
+        raise click.BadParameter(f'{", ".join(outside)} out of range: this network has {num_ws} styles '
+                                 f'(0-{num_ws - 1})', param_hint="'--styles'")
+    return col_styles
 
+
+@click.command()
+@click.option('--network', 'network_pkl', required=True, metavar='PATH', help='Pickle to load (file or URL)')
+@click.option('--rows', 'row_seeds', required=True, callback=generate.range_callback, metavar='LIST',
+              help='Seeds of the base images, one per grid row')
+@click.option('--cols', 'col_seeds', required=True, callback=generate.range_callback, metavar='LIST',
+              help='Seeds whose styles are copied in, one per grid column')
+@click.option('--styles', 'col_styles', callback=generate.range_callback, metavar='LIST',
+              help="w layers taken from the column seed [default: 0-6, cut to the network's num_ws]")
+@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True,
+              help='Truncation: 1 keeps w as mapped, smaller values pull it towards w_avg')
+@click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,
+              help='Per-pixel noise: the stored buffers, fresh noise, or none')
+@click.option('--class', 'class_idx', type=int, metavar='INT', help='Class index for a conditional network')
+@click.option('--outdir', type=str, required=True, metavar='DIR', help='Folder for the PNGs (created if needed)')
+def generate_style_mix(network_pkl, row_seeds, col_seeds, col_styles, truncation_psi, noise_mode, class_idx, outdir):
+    """Mix the styles of column seeds into row seeds and save the pairs and a grid."""
+    device = generate.pick_device()
+    G = generate.load_generator(network_pkl, device)
+    col_styles = _check_styles(col_styles, G.num_ws)
     label = generate.make_label(G, class_idx, device)
 
     os.makedirs(outdir, exist_ok=True)
@@ -128,4 +124,3 @@ def generate_style_mix(network_pkl, row_seeds, col_seeds, col_styles, truncation
 
 if __name__ == '__main__':
     generate_style_mix()
-

@@ -18,7 +18,7 @@ import types
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, List, Optional, Tuple
+from typing import Any, BinaryIO, List, Optional, Tuple, Union
 
 # EasyDict
 
@@ -31,20 +31,20 @@ class EasyDict(dict):
     """
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            # AttributeError keeps getattr(obj, name, default), copy and pickle working.
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
+        # Only reached when normal lookup fails. A missing key must raise AttributeError,
+        # not KeyError, or getattr(obj, name, default), copy and pickle break.
+        if name not in self:
+            raise AttributeError(name)
+        return self[name]
 
     def __delattr__(self, name: str) -> None:
-        try:
-            del self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        if name not in self:
+            raise AttributeError(name)
+        del self[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Attribute writes are item writes; the instance __dict__ stays empty.
+        self[name] = value
 
 
 # Logger
@@ -90,17 +90,13 @@ class Logger:
     """
 
     def __init__(self, file_name: Optional[str] = None, file_mode: str = "w", should_flush: bool = True):
-        self.file = None
-        if file_name is not None:
-            self.file = open(file_name, file_mode, encoding="utf-8")
+        # The streams being replaced, restored by close().
+        self.stdout, self.stderr = sys.stdout, sys.stderr
         self.should_flush = should_flush
+        self.file = None if file_name is None else open(file_name, file_mode, encoding="utf-8")
         self._closed = False
-        self.stdout = sys.stdout
-        self.stderr = sys.stderr
-        self._tee_out = _TeeStream(self, self.stdout)
-        self._tee_err = _TeeStream(self, self.stderr)
-        sys.stdout = self._tee_out
-        sys.stderr = self._tee_err
+        self._tee_out, self._tee_err = _TeeStream(self, self.stdout), _TeeStream(self, self.stderr)
+        sys.stdout, sys.stderr = self._tee_out, self._tee_err
 
     def __enter__(self) -> "Logger":
         return self
@@ -137,14 +133,15 @@ class Logger:
 
 def format_time(seconds) -> str:
     """Compact human-readable duration for status lines: '5s', '12m 04s', '3h 05m', '2d 03h'."""
-    s = int(round(float(seconds)))
-    if s < 60:
-        return "{}s".format(s)
-    if s < 60 * 60:
-        return "{}m {:02}s".format(s // 60, s % 60)
-    if s < 24 * 60 * 60:
-        return "{}h {:02}m".format(s // (60 * 60), (s // 60) % 60)
-    return "{}d {:02}h".format(s // (24 * 60 * 60), (s // (60 * 60)) % 24)
+    total = int(round(float(seconds)))
+    # (unit length, unit symbol, next smaller unit length, its symbol), largest first.
+    for unit, name, sub, sub_name in _TIME_UNITS:
+        if total >= unit:
+            return "{}{} {:02}{}".format(total // unit, name, total % unit // sub, sub_name)
+    return "{}s".format(total)
+
+
+_TIME_UNITS = ((86400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s"))
 
 
 def ask_yes_no(question: str) -> bool:
@@ -247,8 +244,7 @@ def construct_class_by_name(*args, class_name: Optional[str] = None, **kwargs) -
 
 def get_module_dir_by_obj_name(obj_name: str) -> str:
     """Folder of the source file of the module that holds `obj_name`."""
-    module, _ = get_module_from_obj_name(obj_name)
-    return os.path.dirname(inspect.getfile(module))
+    return os.path.dirname(inspect.getfile(get_module_from_obj_name(obj_name)[0]))
 
 
 def is_top_level_function(obj: Any) -> bool:
@@ -406,8 +402,8 @@ def _print_progress(url: str, done: int, total: int, end: bool = False) -> None:
     sys.stderr.flush()
 
 
-def open_url(url_or_path: str, cache_dir: Optional[str] = None, num_attempts: int = 10, verbose: bool = True,
-             return_filename: bool = False, cache: bool = True) -> Any:
+def open_url(url_or_path: Union[str, "os.PathLike[str]"], cache_dir: Optional[str] = None, num_attempts: int = 10,
+             verbose: bool = True, return_filename: bool = False, cache: bool = True) -> Union[BinaryIO, str]:
     """Open a local path, file:// URL or http(s) URL as a binary file object.
 
     Downloads are cached under `<cache_dir>/<md5 of URL>_<name>` so that metric
@@ -419,80 +415,115 @@ def open_url(url_or_path: str, cache_dir: Optional[str] = None, num_attempts: in
     if return_filename and not cache:
         raise ValueError("return_filename=True needs cache=True (there is no file otherwise)")
 
-    # Local files.
-    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", str(url_or_path)):
-        return url_or_path if return_filename else open(url_or_path, "rb")
-    url = url_or_path
-    if url.lower().startswith("file://"):
-        filename = _file_url_to_path(url)
-        return filename if return_filename else open(filename, "rb")
-    if not is_url(url) or urllib.parse.urlparse(url).scheme.lower() not in ("http", "https"):
-        raise IOError("Unsupported URL '{}': expected a local path, file://, http:// or https://".format(url))
-
-    # Cached copy?
+    local = _local_file(url_or_path)
+    if local is not None:
+        return local if return_filename else open(local, "rb")
+    url = str(url_or_path)
     if cache_dir is None:
         cache_dir = make_cache_dir_path("downloads")
     url_md5 = hashlib.md5(url.encode("utf-8")).hexdigest()
-    cache_file = os.path.join(cache_dir, url_md5 + "_" + _safe_file_name(url))
     if cache:
         hits = sorted(glob.glob(os.path.join(glob.escape(cache_dir), url_md5 + "_*")))
         if hits:
             return hits[0] if return_filename else open(hits[0], "rb")
 
-    # Download.
-    import requests
+    target = _DownloadTarget(cache_dir, url_md5 + "_" + _safe_file_name(url)) if cache else None
+    fetched, last_err = _fetch_with_retries(url, target, num_attempts, verbose)
+    if fetched is None:
+        where = os.path.join(cache_dir, url_md5 + "_" + _safe_file_name(url))
+        raise IOError(
+            "Could not download '{url}' ({err}). Without network access, fetch the file elsewhere and either "
+            "place it at '{path}' (the cache; set DNNLIB_CACHE_DIR to move it) or pass its local path instead "
+            "of the URL.".format(url=url, err=last_err, path=where))
+    if isinstance(fetched, str):
+        return fetched if return_filename else open(fetched, "rb")
+    return fetched
 
-    tmp_file = None
+
+def _local_file(url_or_path) -> Optional[str]:
+    """The file a path or file:// URL names; None for an http(s) URL (raises for other schemes)."""
+    text = str(url_or_path)
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+        return url_or_path
+    if text.lower().startswith("file://"):
+        return _file_url_to_path(text)
+    if not is_url(text) or urllib.parse.urlparse(text).scheme.lower() not in ("http", "https"):
+        raise IOError("Unsupported URL '{}': expected a local path, file://, http:// or https://".format(text))
+    return None
+
+
+class _DownloadTarget:
+    """Where a cached download goes: written to a unique temporary name, renamed into
+    place only when complete, so readers (other ranks) never see a partial file."""
+
+    def __init__(self, cache_dir: str, file_name: str):
+        self.cache_dir = cache_dir
+        self.final = os.path.join(cache_dir, file_name)
+        self.partial: Optional[str] = None
+
+    def open(self) -> BinaryIO:
+        os.makedirs(self.cache_dir, exist_ok=True)
+        self.partial = os.path.join(self.cache_dir, "tmp_" + uuid.uuid4().hex + "_" + os.path.basename(self.final))
+        return open(self.partial, "wb")
+
+    def commit(self) -> str:
+        os.replace(self.partial, self.final)
+        self.partial = None
+        return self.final
+
+    def discard(self) -> None:
+        if self.partial is not None and os.path.exists(self.partial):
+            os.remove(self.partial)
+        self.partial = None
+
+
+def _fetch_with_retries(url: str, target: Optional["_DownloadTarget"], num_attempts: int,
+                        verbose: bool) -> Tuple[Union[str, BinaryIO, None], Optional[BaseException]]:
+    """Download with exponential back-off. Returns (cached path, or an in-memory file when
+    `target` is None, or None on failure; the last error)."""
+    import requests  # lazy: only downloads need it
+
     fetch_url = url
     last_err: Optional[BaseException] = None
-    try:
-        with requests.Session() as session:
-            for attempt in range(num_attempts):
-                if cache:
-                    os.makedirs(cache_dir, exist_ok=True)
-                    tmp_file = os.path.join(cache_dir, "tmp_" + url_md5 + "_" + uuid.uuid4().hex)
-                    out = open(tmp_file, "wb")
-                else:
-                    out = io.BytesIO()
+    with requests.Session() as session:
+        for attempt in range(num_attempts):
+            out = target.open() if target is not None else io.BytesIO()
+            try:
                 try:
-                    try:
-                        _download(session, fetch_url, out, verbose)
-                    finally:
-                        if cache:
-                            out.close()
-                except _RedirectDownload as redirect:
-                    fetch_url = redirect.url
-                    last_err = redirect
-                except _FinalDownloadError as err:
-                    last_err = err
-                    break
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as err:  # network errors, 5xx, HTML pages, truncation
-                    last_err = err
-                else:
-                    if cache:
-                        os.replace(tmp_file, cache_file)  # atomic: readers never see a partial file
-                        tmp_file = None
-                        return cache_file if return_filename else open(cache_file, "rb")
+                    _download(session, fetch_url, out, verbose)
+                finally:
+                    if target is not None:
+                        out.close()
+            except _RedirectDownload as redirect:
+                fetch_url, last_err = redirect.url, redirect
+            except _FinalDownloadError as err:
+                last_err = err
+            except (KeyboardInterrupt, SystemExit):
+                if target is not None:
+                    target.discard()
+                raise
+            except Exception as err:  # network errors, 5xx, HTML pages, truncation
+                last_err = err
+            else:
+                if target is None:
                     out.seek(0)
-                    return out
-                if tmp_file is not None and os.path.exists(tmp_file):
-                    os.remove(tmp_file)
-                tmp_file = None
-                if verbose:
-                    sys.stderr.write("\nDownload of {} failed (attempt {}/{}): {}\n".format(
-                        url, attempt + 1, num_attempts, last_err))
-                if attempt + 1 < num_attempts and not isinstance(last_err, _RedirectDownload):
-                    delay = min(RETRY_DELAY * (2 ** attempt), RETRY_DELAY_MAX)
-                    if delay > 0:
-                        time.sleep(delay)
-    finally:
-        if tmp_file is not None and os.path.exists(tmp_file):
-            os.remove(tmp_file)
+                    return out, None
+                return target.commit(), None
+            if target is not None:
+                target.discard()
+            if isinstance(last_err, _FinalDownloadError):
+                break  # e.g. 404: say nothing more, the caller's error names it
+            if verbose:
+                sys.stderr.write("\nDownload of {} failed (attempt {}/{}): {}\n".format(
+                    url, attempt + 1, num_attempts, last_err))
+            _back_off(attempt, num_attempts, last_err)
+    return None, last_err
 
-    raise IOError(
-        "Could not download '{url}' ({err}). Without network access, fetch the file elsewhere and either "
-        "place it at '{path}' (the cache; set DNNLIB_CACHE_DIR to move it) or pass its local path instead "
-        "of the URL.".format(url=url, err=last_err, path=cache_file)
-    )
+
+def _back_off(attempt: int, num_attempts: int, last_err: Optional[BaseException]) -> None:
+    """Sleep before the next try; a Drive confirmation redirect is retried at once."""
+    if attempt + 1 >= num_attempts or isinstance(last_err, _RedirectDownload):
+        return
+    delay = min(RETRY_DELAY * (2 ** attempt), RETRY_DELAY_MAX)
+    if delay > 0:
+        time.sleep(delay)

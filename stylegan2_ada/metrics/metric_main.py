@@ -125,21 +125,14 @@ def calc_metric(metric, **kwargs):
         raise ValueError('unknown metric {!r}; valid: {}'.format(metric, ', '.join(list_valid_metrics())))
     from metrics import metric_utils
     opts = metric_utils.MetricOptions(**kwargs)
-
-    start_time = time.time()
-    results = _metric_dict[metric](opts)
-    total_time = time.time() - start_time
-    results = _broadcast_results(dnnlib.EasyDict(results), opts)
-    for key, value in list(results.items()):
-        results[key] = float(value)
-
-    return dnnlib.EasyDict(
-        results=dnnlib.EasyDict(results),
-        metric=metric,
-        total_time=total_time,
-        total_time_str=dnnlib.util.format_time(total_time),
-        num_gpus=opts.num_gpus,
-    )
+    started = time.time()
+    raw = _metric_dict[metric](opts)
+    seconds = time.time() - started
+    values = _broadcast_results(dnnlib.EasyDict(raw), opts)
+    # Key order matters: it is the order of the fields in the jsonl line.
+    return dnnlib.EasyDict(results=dnnlib.EasyDict((key, float(val)) for key, val in values.items()),
+                           metric=metric, total_time=seconds, total_time_str=dnnlib.util.format_time(seconds),
+                           num_gpus=opts.num_gpus)
 
 
 def report_metric(result_dict, run_dir=None, snapshot_pkl=None):

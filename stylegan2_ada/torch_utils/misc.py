@@ -1,6 +1,7 @@
 """Small PyTorch helpers used throughout networks, losses and the training loop."""
 import contextlib
 import functools
+import itertools
 import re
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -109,38 +110,42 @@ class InfiniteSampler(torch.utils.data.Sampler):
 
     def __init__(self, dataset, rank: int = 0, num_replicas: int = 1, shuffle: bool = True, seed: int = 0,
                  window_size: float = 0.5):
-        if len(dataset) <= 0:
-            raise ValueError("InfiniteSampler needs a non-empty dataset")
-        if num_replicas <= 0 or not 0 <= rank < num_replicas:
-            raise ValueError("Need 0 <= rank < num_replicas, got rank={}, num_replicas={}".format(rank, num_replicas))
-        if not 0 <= window_size <= 1:
-            raise ValueError("window_size must be in [0, 1]")
+        _check_sampler_args(len(dataset), rank, num_replicas, window_size)
         super().__init__()
-        self.dataset = dataset
-        self.rank = rank
-        self.num_replicas = num_replicas
-        self.shuffle = shuffle
-        self.seed = seed
-        self.window_size = window_size
+        self.dataset, self.seed, self.shuffle = dataset, seed, shuffle
+        self.rank, self.num_replicas, self.window_size = rank, num_replicas, window_size
 
     def __iter__(self) -> Iterator[int]:
-        n = len(self.dataset)
-        order = np.arange(n)
-        rnd = None
-        window = 0
-        if self.shuffle:
-            rnd = np.random.RandomState(self.seed)
-            rnd.shuffle(order)
-            window = int(np.rint(n * self.window_size))
-        step = 0
-        while True:
-            pos = step % n
-            if step % self.num_replicas == self.rank:
-                yield int(order[pos])
-            if window >= 2:
-                other = (pos - rnd.randint(window)) % n
-                order[pos], order[other] = order[other], order[pos]
-            step += 1
+        stream = _drifting_order(len(self.dataset), self.seed if self.shuffle else None, self.window_size)
+        return itertools.islice(stream, self.rank, None, self.num_replicas)
+
+
+def _check_sampler_args(size: int, rank: int, num_replicas: int, window_size: float) -> None:
+    if size <= 0:
+        raise ValueError("InfiniteSampler needs a non-empty dataset")
+    if num_replicas <= 0 or not 0 <= rank < num_replicas:
+        raise ValueError("Need 0 <= rank < num_replicas, got rank={}, num_replicas={}".format(rank, num_replicas))
+    if not 0 <= window_size <= 1:
+        raise ValueError("window_size must be in [0, 1]")
+
+
+def _drifting_order(n: int, seed: Optional[int], window_size: float) -> Iterator[int]:
+    """Cycle through range(n) forever. With a seed the cycle starts from a seeded
+    permutation and, after each draw, the drawn slot trades places with a random slot
+    at most round(n * window_size) - 1 positions behind it (cyclically)."""
+    perm = np.arange(n)
+    rng = None
+    reach = 0
+    if seed is not None:
+        rng = np.random.RandomState(seed)
+        rng.shuffle(perm)
+        reach = int(np.rint(n * window_size))
+    for step in itertools.count():
+        slot = step % n
+        yield int(perm[slot])
+        if reach >= 2:
+            partner = (slot - rng.randint(reach)) % n
+            perm[slot], perm[partner] = perm[partner], perm[slot]
 
 
 # Parameters and buffers
@@ -244,65 +249,87 @@ def print_module_summary(module: torch.nn.Module, inputs: Sequence[Any], max_nes
         raise TypeError("print_module_summary does not support ScriptModules")
     if not isinstance(inputs, (tuple, list)):
         inputs = [inputs]
+    outputs, records = _run_with_hooks(module, inputs, max_nesting)
+    _credit_tensors_once(records)
+    if skip_redundant:
+        records = [rec for rec in records if rec.params or rec.buffers or rec.new_outputs]
+    _print_table(_summary_rows(module, records))
+    return outputs
 
+
+def _run_with_hooks(module: torch.nn.Module, inputs: Sequence[Any], max_nesting: int):
+    """Call the module once, noting every submodule (down to `max_nesting`) as its forward returns."""
     records: List[dnnlib.EasyDict] = []
-    depth = [0]
+    nesting = [0]
 
-    def pre_hook(mod, _inputs):
-        depth[0] += 1
+    def entered(_mod, _inputs):
+        nesting[0] += 1
 
-    def post_hook(mod, _inputs, outputs):
-        depth[0] -= 1
-        if depth[0] <= max_nesting:
+    def returned(mod, _inputs, outputs):
+        nesting[0] -= 1
+        if nesting[0] <= max_nesting:
             records.append(dnnlib.EasyDict(mod=mod, outputs=_flatten_tensors(outputs)))
 
-    handles = []
-    for mod in module.modules():
-        handles.append(mod.register_forward_pre_hook(pre_hook))
-        handles.append(mod.register_forward_hook(post_hook))
+    handles = [h for mod in module.modules()
+               for h in (mod.register_forward_pre_hook(entered), mod.register_forward_hook(returned))]
     try:
         outputs = module(*inputs)
     finally:
         for handle in handles:
             handle.remove()
+    return outputs, records
 
-    # Hooks fire innermost-first, so each tensor is credited to the deepest module shown that owns it.
-    seen = set()
+
+def _credit_tensors_once(records: List[dnnlib.EasyDict]) -> None:
+    """Give each record the parameters, buffers and outputs no earlier record claimed.
+
+    Hooks fire innermost-first, so a tensor lands on the deepest module shown that owns it.
+    """
+    claimed = set()
+
+    def unclaimed(tensors):
+        return [t for t in tensors if id(t) not in claimed]
+
     for rec in records:
-        rec.params = [t for t in rec.mod.parameters() if id(t) not in seen]
-        rec.buffers = [t for t in rec.mod.buffers() if id(t) not in seen]
-        rec.new_outputs = [t for t in rec.outputs if id(t) not in seen]
-        seen.update(id(t) for t in rec.params + rec.buffers + rec.new_outputs)
-    if skip_redundant:
-        records = [rec for rec in records if rec.params or rec.buffers or rec.new_outputs]
+        rec.params = unclaimed(rec.mod.parameters())
+        rec.buffers = unclaimed(rec.mod.buffers())
+        rec.new_outputs = unclaimed(rec.outputs)
+        claimed.update(id(t) for t in rec.params + rec.buffers + rec.new_outputs)
 
+
+def _count_cell(tensors: List[torch.Tensor]) -> Tuple[int, str]:
+    total = sum(t.numel() for t in tensors)
+    return total, (str(total) if total else "-")
+
+
+def _summary_rows(module: torch.nn.Module, records: List[dnnlib.EasyDict]) -> List[List[str]]:
+    """Header, one row per record (extra outputs get `name:i` rows of their own), totals."""
     names = {mod: name for name, mod in module.named_modules()}
     names[module] = "<top-level>"
     header = ["Module", "Parameters", "Buffers", "Output shape", "Datatype"]
-    rows = [header, ["---"] * len(header)]
-    total_params = 0
-    total_buffers = 0
+    body = []
+    sums = [0, 0]
     for rec in records:
-        name = names.get(rec.mod, type(rec.mod).__name__)
-        num_params = sum(t.numel() for t in rec.params)
-        num_buffers = sum(t.numel() for t in rec.buffers)
-        total_params += num_params
-        total_buffers += num_buffers
-        shapes = [str(list(t.shape)) for t in rec.outputs] or ["-"]
-        dtypes = [str(t.dtype).split(".")[-1] for t in rec.outputs] or ["-"]
-        rows.append([name, str(num_params) if num_params else "-", str(num_buffers) if num_buffers else "-",
-                     shapes[0], dtypes[0]])
-        for i in range(1, len(shapes)):
-            rows.append(["{}:{}".format(name, i), "-", "-", shapes[i], dtypes[i]])
-    rows.append(["---"] * len(header))
-    rows.append(["Total", str(total_params), str(total_buffers), "-", "-"])
+        label = names.get(rec.mod, type(rec.mod).__name__)
+        (n_par, par_cell), (n_buf, buf_cell) = _count_cell(rec.params), _count_cell(rec.buffers)
+        sums[0] += n_par
+        sums[1] += n_buf
+        described = [(str(list(t.shape)), str(t.dtype).split(".")[-1]) for t in rec.outputs] or [("-", "-")]
+        for i, (shape, dtype) in enumerate(described):
+            if i == 0:
+                body.append([label, par_cell, buf_cell, shape, dtype])
+            else:
+                body.append(["{}:{}".format(label, i), "-", "-", shape, dtype])
+    rule = ["---"] * len(header)
+    return [header, rule] + body + [rule, ["Total", str(sums[0]), str(sums[1]), "-", "-"]]
 
-    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
+
+def _print_table(rows: List[List[str]]) -> None:
+    widths = [max(map(len, column)) for column in zip(*rows)]
     print()
     for row in rows:
-        print("  ".join(cell + " " * (width - len(cell)) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     print()
-    return outputs
 
 
 def setup_process(rank, num_gpus, device_type, temp_dir):

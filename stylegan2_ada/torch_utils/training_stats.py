@@ -1,182 +1,228 @@
-"""Statistics reported from anywhere in the code and collected across processes.
+"""Named scalar statistics: reported from anywhere, read per interval, summed over processes.
 
-Code calls `report(name, value)` wherever a number is known (losses, scores,
-timings); the training loop owns a `Collector` that, once per tick, sums what
-every process reported since the last update and exposes num/mean/std per name.
-Reporting is cheap (no device sync); only `Collector.update()` synchronises.
+Code that knows a number (a loss, a score, a timing) calls `report(name, value)`.
+Reporting only adds to per-name tallies on the device the value lives on: no copy,
+no synchronisation. A `Collector` (the training loop keeps one per tick and one for
+ADA) turns the tallies into count/mean/std per name at `update()`, which is the only
+place where processes talk to each other (one all-reduce of every pending tally).
+
+Each name keeps three float64 moments, [count, sum, sum of squares]; every sync adds
+all processes' pending moments into a running total per name, and a collector's
+interval is the difference between the totals now and at its previous update. That
+difference is also what an exact resume must carry over (`Collector.backlog`).
 """
+import math
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 
 import dnnlib
 
-_num_moments = 3                 # [count, sum, sum of squares]
-_counter_dtype = torch.float64   # float64 keeps sums of many values exact enough.
-_rank = 0
-_sync_device: Optional[torch.device] = None
-_sync_called = False
-_counters: Dict[str, Dict[torch.device, torch.Tensor]] = {}   # Since the last sync, per name and device.
-_cumulative: Dict[str, torch.Tensor] = {}                     # Since the start, per name (on the CPU).
-_collector_regexes: List["re.Pattern"] = []                   # Of every Collector created.
-_name_enabled: Dict[str, bool] = {}                           # Whether any collector regex matches a name.
+_MOMENTS = 3
+_DTYPE = torch.float64     # Sums of many +-1 signs or losses stay exact enough.
+
+_my_rank = 0
+_reduce_device: Optional[torch.device] = None
+_synced_once = False
+# What is reported but not yet synced, per name (a _Tally). Tests look names up here.
+_counters: Dict[str, "_Tally"] = {}
+# Every sync so far, all processes together, per name (float64 on the CPU).
+_totals: Dict[str, torch.Tensor] = {}
+# The patterns of all collectors ever made, and a cache of which names any of them wants.
+_collector_regexes: List["re.Pattern"] = []
+_name_enabled: Dict[str, bool] = {}
+
+
+def _zero_moments(device=None) -> torch.Tensor:
+    return torch.zeros([_MOMENTS], dtype=_DTYPE, device=device)
 
 
 def init_multiprocessing(rank: int, sync_device: Optional[torch.device]) -> None:
-    """Tell this process its rank and where to all-reduce (the process's CUDA device with
-    NCCL, the CPU with gloo). Call before the first Collector.update(); None = no syncing."""
-    global _rank, _sync_device
-    if _sync_called:
+    """Declare this process's rank and the device its all-reduce runs on (its CUDA device
+    with NCCL, the CPU with gloo; None: one process, nothing to reduce). Must come before
+    any collector synchronises, or ranks would disagree about what was summed."""
+    global _my_rank, _reduce_device
+    if _synced_once:
         raise RuntimeError("training_stats.init_multiprocessing() must be called before the first Collector.update()")
-    _rank = int(rank)
-    _sync_device = torch.device(sync_device) if sync_device is not None else None
+    _my_rank = int(rank)
+    _reduce_device = None if sync_device is None else torch.device(sync_device)
 
 
-def _is_enabled(name: str) -> bool:
-    enabled = _name_enabled.get(name)
-    if enabled is None:
-        enabled = any(regex.fullmatch(name) for regex in _collector_regexes)
-        _name_enabled[name] = enabled
-    return enabled
+class _Tally:
+    """Moments reported under one name since the last sync, one running tensor per device
+    so that reporting a CUDA value never waits for the device."""
+
+    __slots__ = ("by_device",)
+
+    def __init__(self):
+        self.by_device: Dict[torch.device, torch.Tensor] = {}
+
+    def add(self, moments: torch.Tensor) -> None:
+        running = self.by_device.get(moments.device)
+        if running is None:
+            self.by_device[moments.device] = moments
+        else:
+            running.add_(moments)
+
+    def drain_into(self, row: torch.Tensor) -> None:
+        """Add everything pending to `row` and start again from zero."""
+        for running in self.by_device.values():
+            row.add_(running.to(row.device))
+            running.zero_()
+
+
+def _wanted(name: str) -> bool:
+    """Whether some collector's pattern matches `name` (cached: report() is called often)."""
+    known = _name_enabled.get(name)
+    if known is None:
+        known = any(pattern.fullmatch(name) is not None for pattern in _collector_regexes)
+        _name_enabled[name] = known
+    return known
+
+
+def _moments_of(value) -> Optional[torch.Tensor]:
+    """[count, sum, sum of squares] over every element of `value` (None when it has none)."""
+    flat = torch.as_tensor(value)
+    if flat.numel() == 0:
+        return None
+    flat = flat.detach().reshape(-1).to(_DTYPE)
+    count = flat.new_ones([]) * flat.numel()
+    return torch.stack([count, flat.sum(), flat.square().sum()])
 
 
 def report(name: str, value):
-    """Record scalar(s) under `name`; returns `value` so it can wrap an expression.
+    """Add scalar(s) to the statistics of `name` and hand `value` back unchanged.
 
-    Names that no Collector's regex matches are ignored, so stray reports cost
-    nothing. Every process should report the same names (an empty value is
-    fine) because updates reduce over the sorted list of names.
+    A name that no collector listens to costs nothing. Every process should report the
+    same names, an empty value if it has nothing, because a sync reduces one row per
+    name in sorted order: an empty report still registers the name.
     """
-    if not _is_enabled(name):
-        return value
-    per_device = _counters.setdefault(name, {})
-    elems = torch.as_tensor(value)
-    if elems.numel() == 0:
-        return value
-    elems = elems.detach().flatten().to(_counter_dtype)
-    moments = torch.stack([
-        torch.ones_like(elems).sum(),
-        elems.sum(),
-        elems.square().sum(),
-    ])
-    counter = per_device.get(moments.device)
-    if counter is None:
-        per_device[moments.device] = moments
-    else:
-        counter.add_(moments)
+    if _wanted(name):
+        tally = _counters.get(name)
+        if tally is None:
+            tally = _counters[name] = _Tally()
+        moments = _moments_of(value)
+        if moments is not None:
+            tally.add(moments)
     return value
 
 
 def report0(name: str, value):
-    """report() on rank 0 only; other ranks register the name with nothing, keeping names in step."""
-    report(name, value if _rank == 0 else [])
+    """report() what rank 0 knows; the other ranks register the name with nothing."""
+    report(name, value if _my_rank == 0 else [])
     return value
 
 
-class Collector:
-    """Collects what was reported for names fully matching `regex`.
+def _sync(names: List[str]) -> List[torch.Tensor]:
+    """Fold every process's pending moments of `names` into the running totals and return
+    those totals, in the order of `names` (a collective call when distributed)."""
+    global _synced_once
+    if not names:
+        return []
+    _synced_once = True
+    rows = _zero_moments(_reduce_device or torch.device("cpu")).repeat(len(names), 1)
+    for row, name in zip(rows, names):
+        _counters[name].drain_into(row)
+    if _reduce_device is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(rows)
+    totals = []
+    for row, name in zip(rows.cpu(), names):
+        total = _totals.get(name)
+        if total is None:
+            total = _totals[name] = _zero_moments()
+        total.add_(row)
+        totals.append(total)
+    return totals
 
-    `update()` takes the values reported (by all processes) since the previous
-    update; with `keep_previous`, names that got nothing new keep their last
-    statistics instead of disappearing. Creating a collector starts it empty.
+
+def _describe(moments: Optional[torch.Tensor]):
+    """(num, mean, population std) of one interval's moments; NaN where undefined."""
+    if moments is None:
+        return 0, math.nan, math.nan
+    count, total, squares = (float(v) for v in moments)
+    if count == 0:
+        return 0, math.nan, math.nan
+    mean = total / count
+    if not math.isfinite(total):
+        return int(count), mean, math.nan
+    spread = 0.0 if count == 1 else math.sqrt(max(squares / count - mean * mean, 0.0))
+    return int(count), mean, spread
+
+
+class Collector:
+    """The statistics of the names fully matching `regex`, per interval between updates.
+
+    `update()` takes what every process reported since this collector's previous update.
+    With `keep_previous`, a name that got nothing new keeps its last interval's values;
+    without, it drops out until reported again. A new collector starts empty: what was
+    reported before it existed is not its business.
     """
 
     def __init__(self, regex: str = ".*", keep_previous: bool = True):
-        self._regex = re.compile(regex)
+        self._pattern = re.compile(regex)
         self._keep_previous = keep_previous
-        self._cumulative: Dict[str, torch.Tensor] = {}
-        self._moments: Dict[str, torch.Tensor] = {}
-        _collector_regexes.append(self._regex)
-        # Names ignored so far may match this regex.
-        for name in [n for n, enabled in _name_enabled.items() if not enabled]:
-            del _name_enabled[name]
+        self._seen: Dict[str, torch.Tensor] = {}       # The totals at this collector's last update.
+        self._interval: Dict[str, torch.Tensor] = {}   # Moments of the last interval that had any.
+        _collector_regexes.append(self._pattern)
+        for name in [name for name, wanted in _name_enabled.items() if not wanted]:
+            del _name_enabled[name]                     # Ignored so far; this pattern may want it.
         self.update()
-        self._moments.clear()
+        self._interval.clear()
 
     def names(self) -> List[str]:
-        """Names known to this collector, sorted so that all ranks agree on the order."""
-        return sorted(name for name in _counters if self._regex.fullmatch(name))
+        """Every name reported so far that this collector matches, sorted (the same on all ranks)."""
+        return sorted(name for name in _counters if self._pattern.fullmatch(name))
 
     def update(self) -> None:
-        """Gather everything reported since the previous update (a collective call when
-        distributed: every rank must call it)."""
+        """Start a new interval from everything reported since the previous one. Every rank
+        must call it at the same point: it all-reduces."""
         if not self._keep_previous:
-            self._moments.clear()
-        for name, cumulative in _sync(self.names()):
-            previous = self._cumulative.get(name)
-            if previous is None:
-                previous = torch.zeros([_num_moments], dtype=_counter_dtype)
-            delta = cumulative - previous
-            self._cumulative[name] = cumulative.clone()
-            if float(delta[0]) != 0:
-                self._moments[name] = delta
+            self._interval.clear()
+        names = self.names()
+        for name, total in zip(names, _sync(names)):
+            before = self._seen.get(name)
+            fresh = total.clone() if before is None else total - before
+            self._seen[name] = total.clone()
+            if float(fresh[0]) != 0:
+                self._interval[name] = fresh
 
-    def _get_delta(self, name: str) -> torch.Tensor:
-        delta = self._moments.get(name)
-        if delta is None:
-            delta = torch.zeros([_num_moments], dtype=_counter_dtype)
-        return delta
+    def backlog(self, name: str) -> torch.Tensor:
+        """Moments of `name` already synced (by any collector's update) that this collector's
+        next update would still count: what a checkpoint must keep so that a resumed
+        process's collector sees them too. Read it right after another collector synced."""
+        total = _totals.get(name)
+        if total is None:
+            return _zero_moments()
+        before = self._seen.get(name)
+        return total.clone() if before is None else total - before
+
+    def restore_backlog(self, name: str, moments) -> None:
+        """Make the next update also count `moments` (a backlog() saved before a restart)."""
+        total = _totals.get(name)
+        base = _zero_moments() if total is None else total.clone()
+        self._seen[name] = base - torch.as_tensor(moments).to(_DTYPE)
 
     def num(self, name: str) -> int:
-        """How many scalars were reported in the last update interval."""
-        return int(self._get_delta(name)[0])
+        """How many scalars the last interval got under `name`."""
+        return _describe(self._interval.get(name))[0]
 
     def mean(self, name: str) -> float:
-        """Mean of those scalars (NaN when there were none)."""
-        count, total, _ = (float(v) for v in self._get_delta(name))
-        if count == 0:
-            return float("nan")
-        return total / count
+        """Their mean (NaN when there were none)."""
+        return _describe(self._interval.get(name))[1]
 
     def std(self, name: str) -> float:
-        """Population standard deviation of those scalars (NaN when there were none)."""
-        count, total, total_sq = (float(v) for v in self._get_delta(name))
-        if count == 0 or not np.isfinite(total):
-            return float("nan")
-        if count == 1:
-            return 0.0
-        mean = total / count
-        return float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+        """Their population standard deviation (NaN when there were none)."""
+        return _describe(self._interval.get(name))[2]
 
     def as_dict(self) -> dnnlib.EasyDict:
-        """{name: {num, mean, std}} for logging to stats.jsonl / TensorBoard."""
-        stats = dnnlib.EasyDict()
+        """{name: {num, mean, std}} of the names that have an interval, for stats.jsonl."""
+        table = dnnlib.EasyDict()
         for name in self.names():
-            if name in self._moments:
-                stats[name] = dnnlib.EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name))
-        return stats
+            if name in self._interval:
+                num, mean, std = _describe(self._interval[name])
+                table[name] = dnnlib.EasyDict(num=num, mean=mean, std=std)
+        return table
 
     def __getitem__(self, name: str) -> float:
         return self.mean(name)
-
-
-def _sync(names: List[str]) -> List[Tuple[str, torch.Tensor]]:
-    """Move this process's pending counters into the global cumulative totals, summed
-    over all ranks; returns (name, cumulative moments) pairs."""
-    global _sync_called
-    if len(names) == 0:
-        return []
-    _sync_called = True
-    device = _sync_device if _sync_device is not None else torch.device("cpu")
-
-    deltas = torch.zeros([len(names), _num_moments], dtype=_counter_dtype, device=device)
-    for idx, name in enumerate(names):
-        for counter in _counters[name].values():
-            deltas[idx].add_(counter.to(device))
-            counter.zero_()
-
-    if _sync_device is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(deltas)
-
-    deltas = deltas.cpu()
-    result = []
-    for idx, name in enumerate(names):
-        cumulative = _cumulative.get(name)
-        if cumulative is None:
-            cumulative = torch.zeros([_num_moments], dtype=_counter_dtype)
-            _cumulative[name] = cumulative
-        cumulative.add_(deltas[idx])
-        result.append((name, cumulative))
-    return result

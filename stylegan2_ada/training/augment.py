@@ -1,30 +1,36 @@
-"""Adaptive discriminator augmentation: the augment pipe D sees every image through.
+"""Adaptive discriminator augmentation: the pipe every image passes before D.
 
-`AugmentPipe` applies a random, differentiable chain of augmentations to a batch of
-NCHW images in [-1, 1]. Every transform is applied to each image independently with
-probability `multiplier * p`, where `p` is a buffer the training loop adjusts (ADA).
-The stages, in order:
+`AugmentPipe` turns a batch of NCHW images in [-1, 1] into randomly augmented
+ones, differentiably. Each augmentation fires per image with probability
+`multiplier * p`; `p` is a buffer the training loop moves up and down (ADA).
+Images no augmentation fired on come out bit-identical, so p = 0 is an exact
+identity and the pipe never leaks into what G is asked to produce.
 
-1. Geometry. Pixel blits (x-flip, 90-degree rotation, integer translation) and general
-   transforms (isotropic scale, pre/post rotation, anisotropic scale, fractional
-   translation) are folded into one 3x3 homogeneous matrix per image and executed once.
-   An image whose matrix is a pure blit is copied pixel-exactly from its reflect-extended
-   self; any other image is reflect-padded, upsampled 2x with the sym6 wavelet low-pass,
-   resampled with `grid_sample_gradfix.grid_sample` (twice differentiable, for R1), and
-   downsampled 2x with the time-reversed filter, which makes the up/down pair an exact
-   identity for the untransformed image.
-2. Colour. Brightness, contrast, luma flip, hue rotation and saturation become one 4x4
-   matrix per image acting on RGB (a single-channel image is treated as grey RGB).
-3. Image-space filtering: random gains for four octave bands, amplitude-normalised.
-4. Additive Gaussian noise with a per-image standard deviation |N(0, noise_std)|.
-5. Cutout: a rectangle of `cutout_size` (fraction of the image side) set to zero.
+The pipe is four stages, run in this order:
 
-An image no transform touched comes out bit-identical, so `p = 0` is an exact identity.
-`forward(images, debug_percentile=q)` replaces every random draw by its q-quantile and
-applies each enabled transform to every image, which is what visual checks need.
+1. Geometry. Every geometric augmentation is one row of a table and gives a
+   3x3 matrix that maps output pixel positions to input positions. The blit
+   rows (x-flip, quarter turns, integer shifts) and the warp rows (scale, two
+   rotations around an anisotropic stretch, fractional shift) are folded into
+   one matrix per image, which is then executed once. A pure blit is gathered
+   exactly from the reflect-extended image; anything else is reflect-padded,
+   upsampled 2x with the sym6 wavelet, resampled with the twice-differentiable
+   grid_sample (R1 needs second derivatives through it) and brought back with
+   the time-reversed filter, so that an untouched image survives the round
+   trip. Reflection instead of zeros gives D no border to spot fakes by.
+2. Colour, the same way with 4x4 matrices acting on (r, g, b, 1): brightness,
+   contrast, luma flip, hue rotation, saturation. Grey images are treated as
+   (g, g, g).
+3. Filtering: random gains for four octave bands, normalised to keep power.
+4. Corruptions: additive noise with a per-image |N(0, noise_std)| deviation,
+   and a cutout rectangle of `cutout_size` times the image side.
 
-This module's source is embedded in pickles and executed wherever they are loaded, so
-it imports only numpy, torch and the harness's persistence/misc/ops modules.
+`forward(images, debug_percentile=q)` replaces every random draw by its
+q-quantile and fires everything, which is what visual checks want.
+
+Pickles embed this file's source and execute it wherever they are loaded, so
+it must import nothing beyond numpy, torch and the harness's persistence,
+misc and ops modules.
 """
 
 import numpy as np
@@ -36,127 +42,80 @@ from torch_utils.ops import conv2d_gradfix
 from torch_utils.ops import grid_sample_gradfix
 from torch_utils.ops import upfirdn2d
 
-# Named augment pipes (`--augpipe`): keyword arguments of AugmentPipe.
-
-_BLIT = dict(xflip=1, rotate90=1, xint=1)
-_GEOM = dict(scale=1, rotate=1, aniso=1, xfrac=1)
-_COLOR = dict(brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
-_FILTER = dict(imgfilter=1)
-_NOISE = dict(noise=1)
-_CUTOUT = dict(cutout=1)
-
-augpipe_specs = dict(
-    blit=dict(_BLIT),
-    geom=dict(_GEOM),
-    color=dict(_COLOR),
-    filter=dict(_FILTER),
-    noise=dict(_NOISE),
-    cutout=dict(_CUTOUT),
-    bg=dict(_BLIT, **_GEOM),
-    bgc=dict(_BLIT, **_GEOM, **_COLOR),
-    bgcf=dict(_BLIT, **_GEOM, **_COLOR, **_FILTER),
-    bgcfn=dict(_BLIT, **_GEOM, **_COLOR, **_FILTER, **_NOISE),
-    bgcfnc=dict(_BLIT, **_GEOM, **_COLOR, **_FILTER, **_NOISE, **_CUTOUT),
+# The `--augpipe` names. Each group switches its augmentations on with
+# multiplier 1; the long names chain groups by their first letters.
+_GROUP_MEMBERS = dict(
+    blit=('xflip', 'rotate90', 'xint'),
+    geom=('scale', 'rotate', 'aniso', 'xfrac'),
+    color=('brightness', 'contrast', 'lumaflip', 'hue', 'saturation'),
+    filter=('imgfilter',),
+    noise=('noise',),
+    cutout=('cutout',),
 )
+_CHAIN = ('blit', 'geom', 'color', 'filter', 'noise', 'cutout')
 
-# Wavelet filters.
 
-# Decomposition low-pass of the Daubechies least-asymmetric wavelet with 6 vanishing
-# moments ("sym6"), as tabulated in the literature. These are mathematical constants;
-# the tests check orthonormality and the vanishing moments of the matching high-pass.
+def _switch_on(*groups):
+    return {option: 1 for group in groups for option in _GROUP_MEMBERS[group]}
+
+
+augpipe_specs = {group: _switch_on(group) for group in _GROUP_MEMBERS}
+augpipe_specs.update({''.join(g[0] for g in _CHAIN[:k]): _switch_on(*_CHAIN[:k]) for k in range(2, len(_CHAIN) + 1)})
+
+# Filters.
+
+# Decomposition low-pass of the least-asymmetric Daubechies wavelet with six
+# vanishing moments (sym6). Mathematical constants; the tests check that they
+# are orthonormal and that the matching high-pass has six vanishing moments.
 SYM6_LOWPASS = (
     0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
     0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
     -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148,
 )
 
+# sym6 is not symmetric: its centroid sits this many taps off its middle. The
+# resampler shifts its coordinates by it so that warps pivot on the true centre.
+_SYM6_DELAY = float((np.arange(len(SYM6_LOWPASS)) * np.asarray(SYM6_LOWPASS)).sum() / np.asarray(SYM6_LOWPASS).sum()
+                    - (len(SYM6_LOWPASS) - 1) / 2)
+
 
 def daubechies2_lowpass():
-    """The 4-tap Daubechies low-pass (db2 = sym2, up to reversal), from its closed form."""
-    s3 = np.sqrt(3.0)
-    return np.array([1 + s3, 3 + s3, 3 - s3, 1 - s3]) / (4 * np.sqrt(2.0))
+    """The 4-tap Daubechies low-pass (db2, sym2 up to reversal) from its closed form."""
+    root3 = np.sqrt(3.0)
+    return np.array([1 + root3, 3 + root3, 3 - root3, 1 - root3]) / (4 * np.sqrt(2.0))
 
 
 def octave_filter_bank(h, num_bands=4):
-    """Zero-phase 1-D filters splitting [0, pi] into octaves: band k (k < num_bands-1)
-    passes about [pi/2^(num_bands-k), pi/2^(num_bands-k-1)], band 0 reaches down to DC
-    and the last band up to pi. They are built from the half-band autocorrelation of the
-    orthonormal low-pass `h` and sum exactly to a unit impulse. Returns [num_bands, L]."""
+    """Zero-phase 1-D filters that split [0, pi] into octaves and sum to a unit impulse.
+
+    Band 0 reaches down to DC, the last one up to pi, band k in between covers
+    about [pi / 2^(num_bands-k), pi / 2^(num_bands-k-1)]. They are differences of
+    low-passes made from the half-band autocorrelation of the orthonormal `h`,
+    dilated by powers of two. Returns [num_bands, taps]."""
     h = np.asarray(h, dtype=np.float64)
-    halfband = np.convolve(h, h[::-1]) / np.square(h.sum())    # DC gain 1, zero at pi
-    lowpasses = [np.ones(1)]                                       # cut-offs pi, pi/2, pi/4, ...
+    halfband = np.convolve(h, h[::-1]) / np.square(h.sum())
+    cascade = [np.ones(1)]
     for level in range(num_bands - 1):
-        stretched = np.zeros((len(halfband) - 1) * 2 ** level + 1)
-        stretched[::2 ** level] = halfband                         # response halfband(2^level w)
-        lowpasses.append(np.convolve(lowpasses[-1], stretched))
-    length = len(lowpasses[-1])
-
-    def centred(f):
-        pad = (length - len(f)) // 2
-        return np.pad(f, [pad, pad])
-
-    lowpasses = [centred(f) for f in lowpasses]
-    bands = [lowpasses[-1]]                                        # lowest band, includes DC
-    for k in range(num_bands - 1, 0, -1):
-        bands.append(lowpasses[k - 1] - lowpasses[k])
+        dilated = np.zeros((len(halfband) - 1) * 2 ** level + 1)
+        dilated[::2 ** level] = halfband
+        cascade.append(np.convolve(cascade[-1], dilated))
+    taps = len(cascade[-1])
+    cascade = [np.pad(f, [(taps - len(f)) // 2] * 2) for f in cascade]
+    bands = [cascade[-1]] + [cascade[k - 1] - cascade[k] for k in range(num_bands - 1, 0, -1)]
     return np.stack(bands)
 
 
-# Share of an image's power assumed to fall in each octave band (lowest first) when the
-# band gains are normalised: natural images keep most of their energy at low frequencies.
+# Assumed share of image power per octave band, lowest first, for normalising
+# the band gains: natural images keep most of their energy at low frequencies.
 _BAND_POWER = np.array([10.0, 1.0, 1.0, 1.0]) / 13.0
 
-# Batched homogeneous matrices. Arguments are tensors of shape [N] or Python numbers.
-
-
-def _matrix(rows, n, device, dtype):
-    elems = [torch.as_tensor(e, dtype=dtype, device=device) for row in rows for e in row]
-    elems = [e.expand(n) if e.ndim == 0 else e for e in elems]
-    return torch.stack(elems, dim=-1).reshape(n, len(rows), len(rows[0]))
-
-
-def _translate2d(tx, ty, n, dev, dt):
-    return _matrix([[1, 0, tx], [0, 1, ty], [0, 0, 1]], n, dev, dt)
-
-
-def _scale2d(sx, sy, n, dev, dt):
-    return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], n, dev, dt)
-
-
-def _rotate2d(theta, n, dev, dt):
-    c, s = torch.cos(theta), torch.sin(theta)
-    return _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]], n, dev, dt)
-
-
-def _translate3d(t, n, dev, dt):
-    return _matrix([[1, 0, 0, t], [0, 1, 0, t], [0, 0, 1, t], [0, 0, 0, 1]], n, dev, dt)
-
-
-def _scale3d(s, n, dev, dt):
-    return _matrix([[s, 0, 0, 0], [0, s, 0, 0], [0, 0, s, 0], [0, 0, 0, 1]], n, dev, dt)
-
-
-def _rotate3d(axis, theta, n, dev, dt):
-    """Rotation by theta about the unit vector `axis` (Rodrigues' formula)."""
-    ax, ay, az = axis
-    c, s = torch.cos(theta), torch.sin(theta)
-    d = 1 - c
-    return _matrix([
-        [c + ax * ax * d, ax * ay * d - az * s, ax * az * d + ay * s, 0],
-        [ay * ax * d + az * s, c + ay * ay * d, ay * az * d - ax * s, 0],
-        [az * ax * d - ay * s, az * ay * d + ax * s, c + az * az * d, 0],
-        [0, 0, 0, 1]], n, dev, dt)
-
-
-def _is_identity(mats):
-    """[N] bool: which matrices equal the identity exactly."""
-    eye = torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device)
-    return (mats == eye).all(dim=-1).all(dim=-1)
+# Unit vector of the luma axis in RGB, the pivot of luma flips and hue turns.
+_LUMA_AXIS = (1 / np.sqrt(3),) * 3
 
 
 def _reflect_index(idx, size):
-    """Map integer coordinates onto [0, size) by mirroring about the edge pixels (the
-    convention of F.pad's 'reflect'), repeating as often as needed."""
+    """Fold integer coordinates into [0, size) by mirroring about the edge pixels
+    (F.pad's 'reflect'), as many times as needed."""
     if size == 1:
         return torch.zeros_like(idx)
     period = 2 * (size - 1)
@@ -165,341 +124,408 @@ def _reflect_index(idx, size):
 
 
 def _reflect_pad(x, left, right, top, bottom):
-    """Reflect padding of any width (F.pad's 'reflect' is limited to less than the size)."""
-    _, _, h, w = x.shape
-    ix = _reflect_index(torch.arange(-left, w + right, device=x.device), w)
-    iy = _reflect_index(torch.arange(-top, h + bottom, device=x.device), h)
-    return x.index_select(3, ix).index_select(2, iy)
+    """Reflect padding without F.pad's limit of less than the image size."""
+    cols = _reflect_index(torch.arange(-left, x.shape[3] + right, device=x.device), x.shape[3])
+    rows = _reflect_index(torch.arange(-top, x.shape[2] + bottom, device=x.device), x.shape[2])
+    return x.index_select(3, cols).index_select(2, rows)
 
+
+# Batched matrices.
+
+def _stack_rows(rows, n, dtype, device):
+    """[n, R, C] from nested rows whose entries are numbers or [n] tensors."""
+    flat = [torch.as_tensor(e, dtype=dtype, device=device).expand(n) for row in rows for e in row]
+    return torch.stack(flat, dim=1).reshape(n, len(rows), len(rows[0]))
+
+
+def _is_identity(mats):
+    """[N] bool: which of the [N, K, K] matrices are exactly the identity."""
+    eye = torch.eye(mats.shape[-1], dtype=mats.dtype, device=mats.device)
+    return (mats == eye).all(dim=-1).all(dim=-1)
+
+
+def _map_points(m, xs, ys):
+    """Push the grid xs (along W) by ys (along H) through [N, 3, 3] affine maps;
+    returns the x and y coordinates, each [N, H, W]."""
+    def coord(i):
+        return m[:, i, 0, None, None] * xs[None, None, :] + m[:, i, 1, None, None] * ys[None, :, None] + \
+            m[:, i, 2, None, None]
+    return coord(0), coord(1)
+
+
+class _Dice:
+    """The random draws of one stage, in the order its transforms ask for them.
+
+    With a debug percentile every draw is that quantile of its distribution and
+    every transform fires, so the pipe becomes deterministic."""
+
+    def __init__(self, images, dtype, p, percentile):
+        self.n = images.shape[0]
+        self.device = images.device
+        self.dtype = dtype
+        self.p = p
+        self.percentile = percentile
+        if percentile is not None:
+            centred = torch.as_tensor(percentile * 2 - 1, dtype=torch.float64).clamp(-1 + 1e-7, 1 - 1e-7)
+            self.normal_quantile = float(torch.erfinv(centred) * np.sqrt(2))
+
+    def _cast(self, draw):
+        return draw if self.dtype is None else draw.to(self.dtype)
+
+    def uniform(self, *tail):
+        shape = [self.n, *tail]
+        if self.percentile is None:
+            return self._cast(torch.rand(shape, device=self.device))
+        return self._cast(torch.full(shape, self.percentile, device=self.device))
+
+    def normal(self, *tail):
+        shape = [self.n, *tail]
+        if self.percentile is None:
+            return self._cast(torch.randn(shape, device=self.device))
+        return self._cast(torch.full(shape, self.normal_quantile, device=self.device))
+
+    def fire(self, value, neutral, prob):
+        """Per image, `value` with probability `prob` and `neutral` otherwise."""
+        if self.percentile is not None:
+            return value
+        hit = torch.rand([value.shape[0]], device=value.device) < prob
+        hit = hit.reshape([value.shape[0]] + [1] * (value.ndim - 1))
+        return torch.where(hit, value, torch.as_tensor(neutral, dtype=value.dtype, device=value.device))
+
+    def affine(self, sx=1, sy=1, tx=0, ty=0):
+        return _stack_rows([[sx, 0, tx], [0, sy, ty], [0, 0, 1]], self.n, self.dtype, self.device)
+
+    def turn(self, angle):
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        return _stack_rows([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]], self.n, self.dtype, self.device)
+
+    def colour_affine(self, gain=1, offset=0):
+        rows = [[gain if j == i else 0 for j in range(3)] + [offset] for i in range(3)]
+        return _stack_rows(rows + [[0, 0, 0, 1]], self.n, self.dtype, self.device)
+
+    def luma_turn(self, angle):
+        """Rotation by `angle` about the luma axis, by Rodrigues' formula."""
+        axis = _LUMA_AXIS
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        rest = 1 - cos
+        rows = []
+        for i in range(3):
+            row = []
+            for j in range(3):
+                along = axis[i] * axis[j] * rest
+                if i == j:
+                    row.append(cos + along)
+                elif (j - i) % 3 == 1:
+                    row.append(along - axis[3 - i - j] * sin)
+                else:
+                    row.append(along + axis[3 - i - j] * sin)
+            rows.append(row + [0])
+        return _stack_rows(rows + [[0, 0, 0, 1]], self.n, self.dtype, self.device)
+
+
+# Geometric transforms: (multiplier option, maker). A maker returns the [N, 3, 3]
+# map from output to input pixel positions (about the image centre), so that
+# "this transform, then the next" is the product of the makers' matrices in
+# table order.
+
+def _xflip(pipe, dice, size):
+    flip = torch.floor(dice.uniform() * 2).clamp(max=1)
+    return dice.affine(sx=1 - 2 * dice.fire(flip, 0, pipe.xflip * dice.p))
+
+
+def _quarter_turns(pipe, dice, size):
+    quarters = torch.floor(dice.uniform() * 4).clamp(max=3)
+    return dice.turn(-np.pi / 2 * dice.fire(quarters, 0, pipe.rotate90 * dice.p))
+
+
+def _integer_shift(pipe, dice, size):
+    shift = dice.fire((dice.uniform(2) * 2 - 1) * pipe.xint_max, 0, pipe.xint * dice.p)
+    return dice.affine(tx=-torch.round(shift[:, 0] * size[0]), ty=-torch.round(shift[:, 1] * size[1]))
+
+
+def _zoom(pipe, dice, size):
+    factor = dice.fire(torch.exp2(dice.normal() * pipe.scale_std), 1, pipe.scale * dice.p)
+    return dice.affine(sx=1 / factor, sy=1 / factor)
+
+
+def _spin(pipe, dice, size):
+    # Two spins surround the stretch; each fires with the probability that
+    # makes "at least one of them" fire with probability rotate * p.
+    either = 1 - torch.sqrt((1 - pipe.rotate * dice.p).clamp(0, 1))
+    angle = (dice.uniform() * 2 - 1) * np.pi * pipe.rotate_max
+    return dice.turn(-dice.fire(angle, 0, either))
+
+
+def _stretch(pipe, dice, size):
+    factor = dice.fire(torch.exp2(dice.normal() * pipe.aniso_std), 1, pipe.aniso * dice.p)
+    return dice.affine(sx=1 / factor, sy=factor)
+
+
+def _subpixel_shift(pipe, dice, size):
+    shift = dice.fire(dice.normal(2) * pipe.xfrac_std, 0, pipe.xfrac * dice.p)
+    return dice.affine(tx=-shift[:, 0] * size[0], ty=-shift[:, 1] * size[1])
+
+
+_BLIT_STEPS = (('xflip', _xflip), ('rotate90', _quarter_turns), ('xint', _integer_shift))
+_WARP_STEPS = (('scale', _zoom), ('rotate', _spin), ('aniso', _stretch), ('rotate', _spin),
+               ('xfrac', _subpixel_shift))
+
+# Colour transforms: (multiplier option, maker). A maker returns the [N, 4, 4]
+# matrix acting on (r, g, b, 1); later transforms multiply on the left.
+
+
+def _brightness(pipe, dice, luma):
+    offset = dice.fire(dice.normal() * pipe.brightness_std, 0, pipe.brightness * dice.p)
+    return dice.colour_affine(offset=offset)
+
+
+def _contrast(pipe, dice, luma):
+    gain = dice.fire(torch.exp2(dice.normal() * pipe.contrast_std), 1, pipe.contrast * dice.p)
+    return dice.colour_affine(gain=gain)
+
+
+def _luma_flip(pipe, dice, luma):
+    flip = torch.floor(dice.uniform() * 2).clamp(max=1)
+    flip = dice.fire(flip, 0, pipe.lumaflip * dice.p)
+    return luma.eye - 2 * luma.proj * flip[:, None, None]    # Householder reflection
+
+
+def _hue(pipe, dice, luma):
+    angle = (dice.uniform() * 2 - 1) * np.pi * pipe.hue_max
+    return dice.luma_turn(dice.fire(angle, 0, pipe.hue * dice.p))
+
+
+def _saturation(pipe, dice, luma):
+    gain = dice.fire(torch.exp2(dice.normal() * pipe.saturation_std), 1, pipe.saturation * dice.p)
+    chroma = luma.eye - luma.proj - torch.diag(luma.vec.new_tensor([0, 0, 0, 1]))
+    mat = luma.eye - chroma + chroma * gain[:, None, None]
+    return torch.where((gain == 1)[:, None, None], luma.eye, mat)   # untouched stays exactly identity
+
+
+_COLOUR_STEPS = (('brightness', _brightness), ('contrast', _contrast), ('lumaflip', _luma_flip),
+                 ('hue', _hue), ('saturation', _saturation))
+
+
+class _Luma:
+    """The luma axis as [4] vector and [4, 4] projection, with the 4x4 identity."""
+
+    def __init__(self, dtype, device):
+        self.vec = torch.tensor(list(_LUMA_AXIS) + [0], dtype=dtype, device=device)
+        self.proj = torch.outer(self.vec, self.vec)
+        self.eye = torch.eye(4, dtype=dtype, device=device)
+
+
+def _work_dtype(images):
+    """Matrices are built in float64 for float64 images and in float32 otherwise."""
+    return torch.float64 if images.dtype == torch.float64 else torch.float32
 
 
 @persistence.persistent_class
 class AugmentPipe(torch.nn.Module):
+    """The ADA augment pipe; see the module docstring. Options are probability
+    multipliers (one per augmentation) and the magnitudes of their draws."""
+
     def __init__(self,
-        xflip=0, rotate90=0, xint=0, xint_max=0.125,
-        scale=0, rotate=0, aniso=0, xfrac=0, scale_std=0.2, rotate_max=1, aniso_std=0.2, xfrac_std=0.125,
-        brightness=0, contrast=0, lumaflip=0, hue=0, saturation=0,
-        brightness_std=0.2, contrast_std=0.5, hue_max=1, saturation_std=1,
-        imgfilter=0, imgfilter_bands=[1, 1, 1, 1], imgfilter_std=1,
-        noise=0, cutout=0, noise_std=0.1, cutout_size=0.5,
-    ):
+                 xflip: float = 0, rotate90: float = 0, xint: float = 0, xint_max: float = 0.125,
+                 scale: float = 0, rotate: float = 0, aniso: float = 0, xfrac: float = 0, scale_std: float = 0.2,
+                 rotate_max: float = 1, aniso_std: float = 0.2, xfrac_std: float = 0.125,
+                 brightness: float = 0, contrast: float = 0, lumaflip: float = 0, hue: float = 0,
+                 saturation: float = 0, brightness_std: float = 0.2, contrast_std: float = 0.5, hue_max: float = 1,
+                 saturation_std: float = 1,
+                 imgfilter: float = 0, imgfilter_bands: list = [1, 1, 1, 1], imgfilter_std: float = 1,
+                 noise: float = 0, cutout: float = 0, noise_std: float = 0.1, cutout_size: float = 0.5):
         super().__init__()
-        self.register_buffer('p', torch.ones([]))   # Overall probability multiplier, set by the training loop.
-
-        # Pixel blitting: probability multipliers and the integer translation range (fraction of size).
-        self.xflip = float(xflip)
-        self.rotate90 = float(rotate90)
-        self.xint = float(xint)
+        self.register_buffer('p', torch.ones([]))
+        # Blits: probabilities, and the largest integer shift as a fraction of the size.
+        self.xflip, self.rotate90, self.xint = float(xflip), float(rotate90), float(xint)
         self.xint_max = float(xint_max)
-
-        # General geometry: probability multipliers and magnitudes.
-        self.scale = float(scale)                   # log2(scale) ~ N(0, scale_std)
-        self.rotate = float(rotate)                 # angle ~ U(-pi, pi) * rotate_max, twice
-        self.aniso = float(aniso)                   # log2(x-scale) = -log2(y-scale) ~ N(0, aniso_std)
-        self.xfrac = float(xfrac)                   # shift / size ~ N(0, xfrac_std)
-        self.scale_std = float(scale_std)
-        self.rotate_max = float(rotate_max)
-        self.aniso_std = float(aniso_std)
-        self.xfrac_std = float(xfrac_std)
-
-        # Colour.
-        self.brightness = float(brightness)         # offset ~ N(0, brightness_std)
-        self.contrast = float(contrast)             # log2(gain) ~ N(0, contrast_std)
-        self.lumaflip = float(lumaflip)             # mirror the luma component with probability 1/2
-        self.hue = float(hue)                       # rotation about the luma axis ~ U(-pi, pi) * hue_max
-        self.saturation = float(saturation)         # log2(chroma gain) ~ N(0, saturation_std)
-        self.brightness_std = float(brightness_std)
-        self.contrast_std = float(contrast_std)
-        self.hue_max = float(hue_max)
-        self.saturation_std = float(saturation_std)
-
-        # Image-space filtering: per-band probability multipliers; log2(band gain) ~ N(0, imgfilter_std).
-        self.imgfilter = float(imgfilter)
+        # Warps: probabilities; scales are log2-normal, angles uniform in +-pi * rotate_max.
+        self.scale, self.rotate, self.aniso, self.xfrac = float(scale), float(rotate), float(aniso), float(xfrac)
+        self.scale_std, self.aniso_std = float(scale_std), float(aniso_std)
+        self.rotate_max, self.xfrac_std = float(rotate_max), float(xfrac_std)
+        # Colour: probabilities; offsets normal, gains log2-normal, hue uniform in +-pi * hue_max.
+        self.brightness, self.contrast, self.lumaflip = float(brightness), float(contrast), float(lumaflip)
+        self.hue, self.saturation = float(hue), float(saturation)
+        self.brightness_std, self.contrast_std = float(brightness_std), float(contrast_std)
+        self.hue_max, self.saturation_std = float(hue_max), float(saturation_std)
+        # Band filter: one probability multiplier per octave band, log2-normal gains.
+        self.imgfilter, self.imgfilter_std = float(imgfilter), float(imgfilter_std)
         self.imgfilter_bands = [float(b) for b in imgfilter_bands]
-        self.imgfilter_std = float(imgfilter_std)
-        assert len(self.imgfilter_bands) == len(_BAND_POWER), 'imgfilter_bands needs one entry per band'
-
+        assert len(self.imgfilter_bands) == len(_BAND_POWER), 'imgfilter_bands needs one entry per octave band'
         # Corruptions.
-        self.noise = float(noise)
-        self.cutout = float(cutout)
-        self.noise_std = float(noise_std)
-        self.cutout_size = float(cutout_size)
-
-        # Filters travel with the module (buffers) so that .to(device) moves them.
+        self.noise, self.noise_std = float(noise), float(noise_std)
+        self.cutout, self.cutout_size = float(cutout), float(cutout_size)
+        # The filters are buffers so that .to(device) carries them along.
         self.register_buffer('geom_filter', upfirdn2d.setup_filter(list(SYM6_LOWPASS)))
-        taps = np.asarray(SYM6_LOWPASS)
-        self._geom_delay = float((np.arange(len(taps)) * taps).sum() / taps.sum() - (len(taps) - 1) / 2)
         self.register_buffer('band_filters', torch.as_tensor(octave_filter_bank(daubechies2_lowpass()),
-                                                              dtype=torch.float32))
-
-    # Random draws; with debug_percentile they become deterministic quantiles.
-
-    def _uniform(self, shape, device, debug_percentile):
-        if debug_percentile is not None:
-            return torch.full(shape, float(debug_percentile), device=device)
-        return torch.rand(shape, device=device)
-
-    def _normal(self, shape, device, debug_percentile):
-        if debug_percentile is not None:
-            q = torch.as_tensor(float(debug_percentile) * 2 - 1, dtype=torch.float64)
-            q = torch.erfinv(q.clamp(-1 + 1e-7, 1 - 1e-7)) * np.sqrt(2)
-            return torch.full(shape, float(q), device=device)
-        return torch.randn(shape, device=device)
-
-    def _gate(self, value, neutral, prob, debug_percentile):
-        """Per image, `value` with probability `prob`, else `neutral`; always `value` in debug mode."""
-        if debug_percentile is not None:
-            return value
-        chosen = torch.rand([value.shape[0]], device=value.device) < prob
-        chosen = chosen.reshape([-1] + [1] * (value.ndim - 1))
-        return torch.where(chosen, value, torch.as_tensor(neutral, dtype=value.dtype, device=value.device))
-
+                                                             dtype=torch.float32))
 
     def forward(self, images, debug_percentile=None):
-        assert isinstance(images, torch.Tensor) and images.ndim == 4, 'expected NCHW images'
-        assert images.dtype.is_floating_point
-        n, c, h, w = images.shape
-        dev = images.device
-        dp = debug_percentile
-        if dp is not None:
-            dp = float(dp)
-            assert 0 <= dp <= 1, 'debug_percentile must lie in [0, 1]'
-
-        images = self._geometry(images, dp)
-        images = self._colour(images, dp)
-        images = self._imgfilter(images, dp)
-
-        if self.noise > 0:
-            sigma = self._normal([n], dev, dp).abs() * self.noise_std
-            sigma = self._gate(sigma, 0, self.noise * self.p, dp)
-            images = images + torch.randn_like(images) * sigma.to(images.dtype).reshape(n, 1, 1, 1)
-
-        if self.cutout > 0:
-            size = self._gate(torch.full([n], self.cutout_size, device=dev), 0, self.cutout * self.p, dp)
-            centre = self._uniform([n, 2], dev, dp)
-            xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5) / w
-            ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5) / h
-            outside_x = (xs[None, :] - centre[:, 0:1]).abs() >= size[:, None] / 2      # [N, W]
-            outside_y = (ys[None, :] - centre[:, 1:2]).abs() >= size[:, None] / 2      # [N, H]
-            keep = outside_x[:, None, :] | outside_y[:, :, None]                        # [N, H, W]
-            images = images * keep[:, None].to(images.dtype)
-
-        misc.assert_shape(images, [n, c, h, w])
+        """Augment a float [N, C, H, W] batch; `debug_percentile` as in the module docstring."""
+        assert torch.is_tensor(images) and images.dim() == 4 and images.dtype.is_floating_point, \
+            'AugmentPipe wants a float NCHW batch'
+        shape = list(images.shape)
+        if debug_percentile is not None:
+            debug_percentile = float(debug_percentile)
+            assert 0 <= debug_percentile <= 1, 'debug_percentile lies in [0, 1]'
+        work = _work_dtype(images)
+        images = self._geometry(images, _Dice(images, work, self.p.to(work), debug_percentile))
+        images = self._colour(images, _Dice(images, work, self.p.to(work), debug_percentile))
+        images = self._band_filter(images, _Dice(images, work, self.p.to(work), debug_percentile))
+        images = self._corrupt(images, _Dice(images, None, self.p, debug_percentile))
+        misc.assert_shape(images, shape)
         return images
 
+    def _enabled(self, steps):
+        return [(name, make) for name, make in steps if getattr(self, name) > 0]
 
-    def _geometry(self, images, dp):
-        n, c, h, w = images.shape
-        dev = images.device
-        dt = torch.float64 if images.dtype == torch.float64 else torch.float32
-        eye = torch.eye(3, dtype=dt, device=dev).expand(n, 3, 3)
-        p = self.p.to(dt)
-
-        # Both matrices map output pixel positions to input positions (the inverse of the
-        # transform), in pixel units about the image centre. Composing "A, then B" gives
-        # inverse A^-1 B^-1, so each new inverse multiplies on the right.
-        blit_inv = eye
-        if self.xflip > 0:
-            flip = torch.floor(self._uniform([n], dev, dp).to(dt) * 2).clamp(max=1)
-            flip = self._gate(flip, 0, self.xflip * p, dp)
-            blit_inv = blit_inv @ _scale2d(1 - 2 * flip, 1, n, dev, dt)
-        if self.rotate90 > 0:
-            quarter = torch.floor(self._uniform([n], dev, dp).to(dt) * 4).clamp(max=3)
-            quarter = self._gate(quarter, 0, self.rotate90 * p, dp)
-            blit_inv = blit_inv @ _rotate2d(-np.pi / 2 * quarter, n, dev, dt)
-        if self.xint > 0:
-            shift = (self._uniform([n, 2], dev, dp).to(dt) * 2 - 1) * self.xint_max
-            shift = self._gate(shift, 0, self.xint * p, dp)
-            blit_inv = blit_inv @ _translate2d(-torch.round(shift[:, 0] * w), -torch.round(shift[:, 1] * h), n, dev, dt)
-
-        geom_inv = eye
-        if self.scale > 0:
-            s = torch.exp2(self._normal([n], dev, dp).to(dt) * self.scale_std)
-            s = self._gate(s, 1, self.scale * p, dp)
-            geom_inv = geom_inv @ _scale2d(1 / s, 1 / s, n, dev, dt)
-        # Two independent rotations, each with the probability that makes "any rotation" rotate * p.
-        rot_prob = 1 - torch.sqrt((1 - self.rotate * p).clamp(0, 1)) if self.rotate > 0 else None
-        if self.rotate > 0:
-            theta = (self._uniform([n], dev, dp).to(dt) * 2 - 1) * np.pi * self.rotate_max
-            theta = self._gate(theta, 0, rot_prob, dp)
-            geom_inv = geom_inv @ _rotate2d(-theta, n, dev, dt)
-        if self.aniso > 0:
-            s = torch.exp2(self._normal([n], dev, dp).to(dt) * self.aniso_std)
-            s = self._gate(s, 1, self.aniso * p, dp)
-            geom_inv = geom_inv @ _scale2d(1 / s, s, n, dev, dt)
-        if self.rotate > 0:
-            theta = (self._uniform([n], dev, dp).to(dt) * 2 - 1) * np.pi * self.rotate_max
-            theta = self._gate(theta, 0, rot_prob, dp)
-            geom_inv = geom_inv @ _rotate2d(-theta, n, dev, dt)
-        if self.xfrac > 0:
-            shift = self._normal([n, 2], dev, dp).to(dt) * self.xfrac_std
-            shift = self._gate(shift, 0, self.xfrac * p, dp)
-            geom_inv = geom_inv @ _translate2d(-shift[:, 0] * w, -shift[:, 1] * h, n, dev, dt)
-
-        if blit_inv is eye and geom_inv is eye:
-            return images                          # no geometric transform enabled
-        mats = blit_inv @ geom_inv
-        untouched = _is_identity(mats)
-        resample = ~_is_identity(geom_inv)         # pure blits (and identities) are copied exactly
-
-        # Margin (original pixels) of the resampled canvas that the downsampling filter eats,
-        # and of the padded input that the upsampling filter and bilinear taps need.
-        taps = self.geom_filter.shape[0]
-        canvas_margin = (taps + 3) // 4
-        input_margin = (taps + 3) // 4 + 1
-        half = torch.tensor([w / 2 + canvas_margin, h / 2 + canvas_margin], dtype=dt, device=dev)
-        corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=dt, device=dev) * half
-        corners = torch.cat([corners, torch.ones([4, 1], dtype=dt, device=dev)], dim=1).t()
-        reach = (mats[:, :2, :] @ corners)                                     # [N, 2, 4]
-        reach = torch.where(resample[:, None, None], reach, torch.zeros_like(reach))
-        # One device-to-host transfer: padding needs concrete numbers.
-        summary = torch.cat([reach.amin(dim=(0, 2)), reach.amax(dim=(0, 2)),
-                             (~untouched & ~resample).any()[None].to(dt), resample.any()[None].to(dt)]).cpu()
-        lo_x, lo_y, hi_x, hi_y, any_blit, any_resample = summary.tolist()
-
+    def _geometry(self, images, dice):
+        blits, warps = self._enabled(_BLIT_STEPS), self._enabled(_WARP_STEPS)
+        if not blits and not warps:
+            return images
+        size = (images.shape[3], images.shape[2])
+        eye = torch.eye(3, dtype=dice.dtype, device=dice.device).expand(dice.n, 3, 3)
+        blit = warp = eye
+        for _name, make in blits:
+            blit = blit @ make(self, dice, size)
+        for _name, make in warps:
+            warp = warp @ make(self, dice, size)
+        mats = blit @ warp
+        resample = ~_is_identity(warp)                 # pure blits are copied, not resampled
+        copy_only = ~_is_identity(mats) & ~resample
+        margin = (self.geom_filter.shape[0] + 3) // 4  # canvas pixels eaten by the down filter
+        plan = _padding_plan(mats, resample, copy_only, size, margin)
         out = images
-        if any_blit:
-            out = torch.where((untouched | resample)[:, None, None, None], out, self._blit(images, mats))
-        if any_resample:
-            cap = 4 * max(h, w)
-            pads = [-lo_x - w / 2, hi_x - w / 2, -lo_y - h / 2, hi_y - h / 2]
-            pads = [int(min(max(np.ceil(v), 0) + input_margin, cap)) for v in pads]
-            resampled = self._resample(images, mats, pads, canvas_margin)
-            out = torch.where(resample[:, None, None, None], resampled, out)
+        if plan['blit']:
+            out = torch.where(copy_only[:, None, None, None], self._blit(images, mats), out)
+        if plan['pads'] is not None:
+            warped = self._resample(images, mats, plan['pads'], margin)
+            out = torch.where(resample[:, None, None, None], warped, out)
         return out
 
     def _blit(self, images, mats):
-        """Exact nearest-pixel copy for matrices that map pixel centres onto pixel centres
-        (flips, quarter turns, integer shifts), reading the reflect-extended image."""
+        """Exact nearest-pixel gather for maps that send pixel centres to pixel centres."""
         n, c, h, w = images.shape
-        dt, dev = mats.dtype, mats.device
-        xs = torch.arange(w, dtype=dt, device=dev) + 0.5 - w / 2
-        ys = torch.arange(h, dtype=dt, device=dev) + 0.5 - h / 2
-        src_x = mats[:, 0, 0, None, None] * xs[None, None, :] + mats[:, 0, 1, None, None] * ys[None, :, None] + mats[:, 0, 2, None, None]
-        src_y = mats[:, 1, 0, None, None] * xs[None, None, :] + mats[:, 1, 1, None, None] * ys[None, :, None] + mats[:, 1, 2, None, None]
-        ix = _reflect_index(torch.round(src_x + w / 2 - 0.5).long(), w)
-        iy = _reflect_index(torch.round(src_y + h / 2 - 0.5).long(), h)
-        flat = (iy * w + ix).reshape(n, 1, h * w).expand(n, c, h * w)
-        return images.reshape(n, c, h * w).gather(2, flat).reshape(n, c, h, w)
+        xs = torch.arange(w, dtype=mats.dtype, device=mats.device) + 0.5 - w / 2
+        ys = torch.arange(h, dtype=mats.dtype, device=mats.device) + 0.5 - h / 2
+        src_x, src_y = _map_points(mats, xs, ys)
+        col = _reflect_index(torch.round(src_x + w / 2 - 0.5).long(), w)
+        row = _reflect_index(torch.round(src_y + h / 2 - 0.5).long(), h)
+        index = (row * w + col).reshape(n, 1, h * w).expand(n, c, h * w)
+        return images.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
 
     def _resample(self, images, mats, pads, margin):
-        """Reflect-pad, upsample 2x, sample through `mats`, downsample 2x, crop."""
+        """Warp through `mats`: reflect-pad by `pads` (left, right, top, bottom),
+        upsample 2x, grid-sample a canvas `margin` pixels wider than the image,
+        downsample 2x and crop."""
         n, c, h, w = images.shape
-        dt, dev = mats.dtype, mats.device
         left, right, top, bottom = pads
-        f = self.geom_filter
-        x = _reflect_pad(images, left, right, top, bottom)
-        x = upfirdn2d.upsample2d(x, f, up=2)
-        in_w, in_h = w + left + right, h + top + bottom
+        dt, dev = mats.dtype, mats.device
+        up = upfirdn2d.upsample2d(_reflect_pad(images, left, right, top, bottom), self.geom_filter, up=2)
+        src_w, src_h = w + left + right, h + top + bottom
+        # Canvas pixel j sits at (j + 0.5) / 2 - (size / 2 + margin) about the centre, less
+        # the filter delay; the padded source is addressed in grid_sample's [-1, 1] units.
+        lag = _SYM6_DELAY / 2
+        from_canvas = _stack_rows([[0.5, 0, 0.25 - lag - (w / 2 + margin)],
+                                   [0, 0.5, 0.25 - lag - (h / 2 + margin)], [0, 0, 1]], 1, dt, dev)
+        to_unit = _stack_rows([[2 / src_w, 0, (w + 2 * left + 2 * lag) / src_w - 1],
+                               [0, 2 / src_h, (h + 2 * top + 2 * lag) / src_h - 1], [0, 0, 1]], 1, dt, dev)
+        canvas = to_unit @ mats @ from_canvas
+        gx, gy = _map_points(canvas, torch.arange(2 * (w + 2 * margin), dtype=dt, device=dev),
+                             torch.arange(2 * (h + 2 * margin), dtype=dt, device=dev))
+        sampled = grid_sample_gradfix.grid_sample(up, torch.stack([gx, gy], dim=-1).to(up.dtype))
+        down = upfirdn2d.downsample2d(sampled, self.geom_filter, down=2, flip_filter=True)
+        return down[:, :, margin:margin + h, margin:margin + w]
 
-        # Canvas: the output image plus `margin` pixels, at twice the resolution. Its
-        # pixel j sits at (j + 0.5) / 2 - (size / 2 + margin) about the image centre.
-        out_w, out_h = 2 * (w + 2 * margin), 2 * (h + 2 * margin)
-        # The sym6 filter is not symmetric: upsampling delays the content by `delay`
-        # up-pixels (its centroid), and downsampling with the reversed taps advances it
-        # by as much. Both coordinate maps account for it, so that transforms pivot about
-        # the true image centre.
-        d = self._geom_delay / 2
-        canvas_to_centred = _matrix([[0.5, 0, 0.25 - d - (w / 2 + margin)], [0, 0.5, 0.25 - d - (h / 2 + margin)], [0, 0, 1]], 1, dev, dt)
-        centred_to_unit = _matrix([[2 / in_w, 0, (w + 2 * left + 2 * d) / in_w - 1], [0, 2 / in_h, (h + 2 * top + 2 * d) / in_h - 1], [0, 0, 1]], 1, dev, dt)
-        m = centred_to_unit @ mats @ canvas_to_centred                           # [N, 3, 3]
-        jx = torch.arange(out_w, dtype=dt, device=dev)[None, None, :]
-        jy = torch.arange(out_h, dtype=dt, device=dev)[None, :, None]
-        gx = m[:, 0, 0, None, None] * jx + m[:, 0, 1, None, None] * jy + m[:, 0, 2, None, None]
-        gy = m[:, 1, 0, None, None] * jx + m[:, 1, 1, None, None] * jy + m[:, 1, 2, None, None]
-        grid = torch.stack([gx, gy], dim=-1).to(x.dtype)                        # [N, out_h, out_w, 2]
-        x = grid_sample_gradfix.grid_sample(x, grid)
-
-        # Down with the reversed filter: with the forward one on the way up, the pair is
-        # an orthogonal projection, so an identity transform returns the input.
-        x = upfirdn2d.downsample2d(x, f, down=2, flip_filter=True)
-        return x[:, :, margin:margin + h, margin:margin + w]
-
-
-    def _colour(self, images, dp):
-        n, c, h, w = images.shape
-        enabled = [self.brightness, self.contrast, self.lumaflip, self.hue, self.saturation]
-        if not any(v > 0 for v in enabled):
+    def _colour(self, images, dice):
+        steps = self._enabled(_COLOUR_STEPS)
+        if not steps:
             return images
+        n, c, h, w = images.shape
         if c not in (1, 3):
             raise ValueError('colour augmentations need 1 or 3 channels, got {}'.format(c))
-        dev = images.device
-        dt = torch.float64 if images.dtype == torch.float64 else torch.float32
-        p = self.p.to(dt)
-        axis = (1 / np.sqrt(3),) * 3                                 # luma axis (equal weights)
-        luma = torch.tensor(list(axis) + [0], dtype=dt, device=dev)
-        luma_proj = torch.outer(luma, luma)                          # projection onto the axis
-        eye4 = torch.eye(4, dtype=dt, device=dev)
-
-        # Colour vectors are transformed forwards: a later transform multiplies on the left.
-        cmat = eye4.expand(n, 4, 4)
-        if self.brightness > 0:
-            b = self._normal([n], dev, dp).to(dt) * self.brightness_std
-            b = self._gate(b, 0, self.brightness * p, dp)
-            cmat = _translate3d(b, n, dev, dt) @ cmat
-        if self.contrast > 0:
-            g = torch.exp2(self._normal([n], dev, dp).to(dt) * self.contrast_std)
-            g = self._gate(g, 1, self.contrast * p, dp)
-            cmat = _scale3d(g, n, dev, dt) @ cmat
-        if self.lumaflip > 0:
-            flip = torch.floor(self._uniform([n], dev, dp).to(dt) * 2).clamp(max=1)
-            flip = self._gate(flip, 0, self.lumaflip * p, dp)
-            cmat = (eye4 - 2 * luma_proj * flip[:, None, None]) @ cmat   # Householder reflection
-        if self.hue > 0:
-            theta = (self._uniform([n], dev, dp).to(dt) * 2 - 1) * np.pi * self.hue_max
-            theta = self._gate(theta, 0, self.hue * p, dp)
-            cmat = _rotate3d(axis, theta, n, dev, dt) @ cmat
-        if self.saturation > 0:
-            s = torch.exp2(self._normal([n], dev, dp).to(dt) * self.saturation_std)
-            s = self._gate(s, 1, self.saturation * p, dp)
-            chroma = eye4 - luma_proj - torch.diag(luma.new_tensor([0, 0, 0, 1]))
-            sat = eye4 - chroma + chroma * s[:, None, None]
-            sat = torch.where((s == 1)[:, None, None], eye4, sat)     # keep "untouched" exact
-            cmat = sat @ cmat
-
-        untouched = _is_identity(cmat)
-        cmat = cmat.to(images.dtype)
-        flat = images.reshape(n, c, h * w)
+        luma = _Luma(dice.dtype, dice.device)
+        mat = luma.eye.expand(n, 4, 4)
+        for _name, make in steps:
+            mat = make(self, dice, luma) @ mat
+        untouched = _is_identity(mat)
+        mat = mat.to(images.dtype)
+        pixels = images.reshape(n, c, h * w)
         if c == 3:
-            out = cmat[:, :3, :3] @ flat + cmat[:, :3, 3:]
+            out = mat[:, :3, :3] @ pixels + mat[:, :3, 3:]
         else:
-            # Grey as (g, g, g): the matrix's response, averaged back to one channel.
-            gain = cmat[:, :3, :3].sum(dim=2).mean(dim=1)
-            offset = cmat[:, :3, 3].mean(dim=1)
-            out = flat * gain[:, None, None] + offset[:, None, None]
-        out = out.reshape(n, c, h, w)
-        return torch.where(untouched[:, None, None, None], images, out)
+            # A grey value g stands for (g, g, g): average the matrix's response back.
+            gain = mat[:, :3, :3].sum(dim=2).mean(dim=1)
+            offset = mat[:, :3, 3].mean(dim=1)
+            out = pixels * gain[:, None, None] + offset[:, None, None]
+        return torch.where(untouched[:, None, None, None], images, out.reshape(n, c, h, w))
 
-
-    def _imgfilter(self, images, dp):
+    def _band_filter(self, images, dice):
         if not self.imgfilter > 0:
             return images
         n, c, h, w = images.shape
-        dev = images.device
-        dt = torch.float64 if images.dtype == torch.float64 else torch.float32
-        p = self.p.to(dt)
-        num_bands = len(self.imgfilter_bands)
-
-        # Gains start at 1; each band is boosted or cut independently, then all gains are
-        # rescaled so that the expected output power equals the input's.
-        gains = torch.ones([n, num_bands], dtype=dt, device=dev)
-        for band, multiplier in enumerate(self.imgfilter_bands):
-            if multiplier <= 0:
-                continue
-            t = torch.exp2(self._normal([n], dev, dp).to(dt) * self.imgfilter_std)
-            t = self._gate(t, 1, self.imgfilter * multiplier * p, dp)
-            gains = gains * torch.where(torch.arange(num_bands, device=dev) == band, t[:, None], torch.ones_like(gains))
+        # Each band's gain is log2-normal when it fires and 1 otherwise; the gains are
+        # then scaled so that the expected output power matches the input's.
+        columns = []
+        for multiplier in self.imgfilter_bands:
+            gain = torch.ones([n], dtype=dice.dtype, device=dice.device)
+            if multiplier > 0:
+                draw = torch.exp2(dice.normal() * self.imgfilter_std)
+                gain = dice.fire(draw, 1, self.imgfilter * multiplier * dice.p)
+            columns.append(gain)
+        gains = torch.stack(columns, dim=1)
         untouched = (gains == 1).all(dim=1)
-        power = torch.as_tensor(_BAND_POWER, dtype=dt, device=dev)
+        power = torch.as_tensor(_BAND_POWER, dtype=dice.dtype, device=dice.device)
         gains = gains / (gains.square() * power).sum(dim=1, keepdim=True).sqrt()
+        taps = self.band_filters.shape[1]
+        kernel = (gains @ self.band_filters.to(dice.dtype)).to(images.dtype)
+        kernel = kernel[:, None, :].expand(n, c, taps).reshape(n * c, 1, 1, taps)
+        half = taps // 2
+        x = _reflect_pad(images, half, half, half, half).reshape(1, n * c, h + taps - 1, w + taps - 1)
+        x = conv2d_gradfix.conv2d(x, kernel, groups=n * c)                                 # along x
+        x = conv2d_gradfix.conv2d(x, kernel.reshape(n * c, 1, taps, 1), groups=n * c)     # along y
+        return torch.where(untouched[:, None, None, None], images, x.reshape(n, c, h, w))
 
-        # One zero-phase 1-D filter per image, applied along x then y (grouped convolutions).
-        kernel = (gains @ self.band_filters.to(dt)).to(images.dtype)                  # [N, L]
-        taps = kernel.shape[1]
-        kernel = kernel[:, None, :].expand(n, c, taps).reshape(n * c, 1, taps)
-        x = _reflect_pad(images, taps // 2, taps // 2, taps // 2, taps // 2)
-        x = x.reshape(1, n * c, h + taps - 1, w + taps - 1)
-        x = conv2d_gradfix.conv2d(x, kernel[:, :, None, :], groups=n * c)
-        x = conv2d_gradfix.conv2d(x, kernel[:, :, :, None], groups=n * c)
-        x = x.reshape(n, c, h, w)
-        return torch.where(untouched[:, None, None, None], images, x)
+    def _corrupt(self, images, dice):
+        n, c, h, w = images.shape
+        if self.noise > 0:
+            sigma = dice.fire(dice.normal().abs() * self.noise_std, 0, self.noise * dice.p)
+            images = images + torch.randn_like(images) * sigma.to(images.dtype).reshape(n, 1, 1, 1)
+        if self.cutout > 0:
+            size = dice.fire(torch.full([n], self.cutout_size, device=images.device), 0, self.cutout * dice.p)
+            centre = dice.uniform(2)
+            far_x = _outside(w, centre[:, 0:1], size, images.device)                 # [N, W]
+            far_y = _outside(h, centre[:, 1:2], size, images.device)                 # [N, H]
+            keep = far_x[:, None, :] | far_y[:, :, None]
+            images = images * keep[:, None].to(images.dtype)
+        return images
+
+
+def _outside(length, centre, size, device):
+    """[N, length] bool: pixel centres at least size / 2 away from `centre` (in units of the length)."""
+    pos = (torch.arange(length, device=device, dtype=torch.float32) + 0.5) / length
+    return (pos[None, :] - centre).abs() >= size[:, None] / 2
+
+
+def _padding_plan(mats, resample, copy_only, size, margin):
+    """How much reflect padding the warped images need, decided on the host.
+
+    The corners of the canvas (image plus `margin`) are mapped into the source;
+    the padding covers the farthest one, plus one pixel for the upsampling filter
+    and bilinear taps, capped at four image sizes. One device-to-host copy.
+    Returns {'blit': any pure blit, 'pads': [left, right, top, bottom] or None}."""
+    w, h = size
+    dt, dev = mats.dtype, mats.device
+    half = torch.tensor([w / 2 + margin, h / 2 + margin], dtype=dt, device=dev)
+    corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=dt, device=dev) * half
+    corners = torch.cat([corners, torch.ones([4, 1], dtype=dt, device=dev)], dim=1).t()
+    reach = mats[:, :2, :] @ corners
+    reach = torch.where(resample[:, None, None], reach, torch.zeros_like(reach))
+    facts = torch.cat([reach.amin(dim=(0, 2)), reach.amax(dim=(0, 2)),
+                       copy_only.any()[None].to(dt), resample.any()[None].to(dt)]).cpu().tolist()
+    min_x, min_y, max_x, max_y, any_blit, any_warp = facts
+    if not any_warp:
+        return {'blit': bool(any_blit), 'pads': None}
+    need = [-min_x - w / 2, max_x - w / 2, -min_y - h / 2, max_y - h / 2]
+    pads = [int(min(max(np.ceil(v), 0) + margin + 1, 4 * max(h, w))) for v in need]
+    return {'blit': bool(any_blit), 'pads': pads}

@@ -21,6 +21,11 @@ never leaves a half-written checkpoint.
 API for train.py:
     find_latest(run_dir)  -> path of the newest snapshot in a run folder, or None
     resolve_resume(path)  -> EasyDict(pkl, ckpt, exact, kimg) describing a resume
+
+The loop keeps everything a checkpoint holds in one `TrainingState`; this module
+writes it (`training_state_dict`) and puts it back (`restore_networks`,
+`restore_training_state`, `restore_rank_streams`), so the loop never needs to know
+the file's layout.
 """
 
 import collections
@@ -208,3 +213,113 @@ def load_checkpoint(path):
         raise ValueError('{}: checkpoint version {} is not supported (expected {})'.format(
             path, state.get('version'), FORMAT_VERSION))
     return state
+
+
+# The training state and its checkpoint layout.
+
+ADA_STAT = 'Loss/signs/real'   # The statistic ADA steers p by.
+
+# The options that decide what training computes: an exact resume requires them equal.
+# Their names and values are hashed into every checkpoint, so this list is part of the format.
+TRAJECTORY_KEYS = ('training_set_kwargs', 'G_kwargs', 'D_kwargs', 'G_opt_kwargs', 'D_opt_kwargs', 'augment_kwargs',
+                   'loss_kwargs', 'random_seed', 'num_gpus', 'batch_size', 'batch_gpu', 'ema_kimg', 'ema_rampup',
+                   'G_reg_interval', 'D_reg_interval', 'ada_target', 'ada_interval', 'ada_kimg', 'has_augment_pipe')
+
+
+def trajectory_options(options):
+    """The TRAJECTORY_KEYS entries of `options` (training_loop's keyword arguments plus
+    `has_augment_pipe`), as stored in and compared against a checkpoint."""
+    return {key: options[key] for key in TRAJECTORY_KEYS}
+
+
+class TrainingState:
+    """Everything that changes while training and must survive a restart, in one object.
+
+    The loop fills it as it builds the run (networks, augment pipe and ADA statistics,
+    optimisers and loss, the shared latent stream) and advances the counters; the
+    functions below turn it into a checkpoint and back. The per-process random streams
+    (torch, numpy, python) are global, so they travel beside it, per rank.
+    """
+
+    def __init__(self, options, random_seed, batch_per_rank):
+        self.options = options                  # trajectory_options() of this run.
+        self.random_seed = random_seed          # Seeds the data sampler and the latent stream.
+        self.batch_per_rank = batch_per_rank    # Images each rank takes from the sampler per minibatch.
+        self.G = self.D = self.G_ema = None
+        self.augment_pipe = None
+        self.ada_stats = None                   # training_stats.Collector of ADA_STAT, when ADA is on.
+        self.optimizers = {}                    # 'G' and 'D'.
+        self.loss = None
+        self.latent_gen = None                  # torch.Generator shared by all ranks.
+        self.cur_nimg = 0
+        self.cur_tick = 0
+        self.batch_idx = 0
+        self.tick_start_nimg = 0
+        self.elapsed_before = 0.0               # Training seconds spent by earlier sessions.
+
+
+def images_consumed(ckpt):
+    """How many sampler indices each rank had used when `ckpt` (or None: a fresh run) was written."""
+    return 0 if ckpt is None else int(ckpt['sampler']['consumed_per_rank'])
+
+
+def restore_networks(state, ckpt):
+    """Weights first: they must be in place before they are summarised, broadcast and wrapped."""
+    for key in ('G', 'D', 'G_ema'):
+        getattr(state, key).load_state_dict(ckpt[key])
+
+
+def restore_training_state(state, ckpt, rank):
+    """Put back everything but the weights and the random streams, once `state` is fully built."""
+    if state.augment_pipe is not None:
+        state.augment_pipe.load_state_dict(ckpt['augment_pipe'])
+    if state.ada_stats is not None and ckpt.get('ada') is not None:
+        state.ada_stats.restore_backlog(ADA_STAT, ckpt['ada']['pending'])
+    for name, opt in state.optimizers.items():
+        opt.load_state_dict(ckpt['opt'][name])
+    state.loss.load_state_dict(ckpt['ranks'][rank]['loss'])
+    state.latent_gen.set_state(ckpt['latent_rng'])
+    progress = ckpt['progress']
+    state.cur_nimg = int(progress['cur_nimg'])
+    state.cur_tick = int(progress['cur_tick'])
+    state.batch_idx = int(progress['batch_idx'])
+    state.tick_start_nimg = state.cur_nimg
+    state.elapsed_before = float(progress['elapsed_sec'])
+
+
+def restore_rank_streams(ckpt, rank, device):
+    """This rank's torch/numpy/python random streams as they were at the checkpoint. Last
+    step of a resume: anything built before may draw from them."""
+    restore_rng_state(ckpt['ranks'][rank]['rng'], device)
+
+
+def gather_rank_states(state, device, num_ranks):
+    """Each rank's own part of a checkpoint (random streams, loss state such as pl_mean),
+    collected on every rank; a collective call when num_ranks > 1."""
+    mine = _to_cpu(dict(rng=capture_rng_state(device), loss=state.loss.state_dict()))
+    if num_ranks == 1:
+        return [mine]
+    everyone = [None] * num_ranks
+    torch.distributed.all_gather_object(everyone, mine)
+    return everyone
+
+
+def training_state_dict(state, rank_states, elapsed_sec):
+    """The checkpoint of `state` (for save_checkpoint); `elapsed_sec` counts earlier sessions too."""
+    pipe = state.augment_pipe
+    return dict(
+        options_hash=options_hash(state.options),
+        options_json=options_json(state.options),
+        progress=dict(cur_nimg=state.cur_nimg, cur_tick=state.cur_tick, batch_idx=state.batch_idx,
+                      tick_start_nimg=state.tick_start_nimg, elapsed_sec=elapsed_sec),
+        G=state.G.state_dict(),
+        D=state.D.state_dict(),
+        G_ema=state.G_ema.state_dict(),
+        augment_pipe=None if pipe is None else pipe.state_dict(),
+        augment_p=0.0 if pipe is None else float(pipe.p),
+        opt={name: opt.state_dict() for name, opt in state.optimizers.items()},
+        ada=None if state.ada_stats is None else dict(pending=state.ada_stats.backlog(ADA_STAT)),
+        latent_rng=state.latent_gen.get_state(),
+        sampler=dict(seed=state.random_seed, consumed_per_rank=state.batch_idx * state.batch_per_rank),
+        ranks=list(rank_states),
+    )

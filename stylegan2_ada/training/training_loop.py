@@ -1,23 +1,32 @@
-"""The main training loop: one implementation for every method (CONTRACT.md,
-"Training loop"); what is trained is named by class names and kwargs.
+"""One training run as a fixed sequence of named phases over a `TrainingState`.
 
-Differences from upstream, all additive:
-- `device` (None = cuda:rank when CUDA is available, else the CPU);
+The run is built once (`_set_up`: seeds, resume, data, networks, augmentation,
+processes, phases, grids, logs, random streams), then repeats one minibatch
+(`_draw_minibatch`, `_run_phase` for each phase due, `_update_ema`,
+`_adapt_augment`) and, at every tick boundary, the maintenance steps
+(`_print_status`, `_export_fakes`, `_write_snapshot`, `_evaluate_metrics`,
+`_log_stats`, `_write_checkpoint`). Which generator, discriminator, loss and
+augmentation are trained is named by class names and kwargs, so every method in
+kdgan_plugins runs through this one loop.
+
+Beyond upstream's behaviour (CONTRACT.md, "Training loop"), all additive:
+- `device` (None: cuda:rank when CUDA is available, else the CPU);
 - exact resume (training/checkpoint.py): `resume_pkl` may be a snapshot .pkl
-  (networks only; exact when its .ckpt.pt sits beside it), a .ckpt.pt, or a
-  run folder; `resume_mode='networks'` forces upstream's networks-only resume;
-- network initialisation depends on `random_seed` only, and latents and
-  labels are drawn from one generator shared by all ranks, each rank taking
-  every num_gpus-th sample (the same interleaving InfiniteSampler applies
-  to real images). So a run on N processes sees the same data, latents and
-  initial weights as a one-process run with the same total batch.
+  (networks only, unless its .ckpt.pt sits beside it), a .ckpt.pt, or a run
+  folder; `resume_mode='networks'` asks for upstream's networks-only resume;
+- initial weights depend on `random_seed` only, and latents and labels come from
+  one stream shared by all ranks, rank r taking every num_gpus-th row (as
+  InfiniteSampler deals out real images). A run on N processes therefore sees
+  the data, latents and initial weights of a one-process run of the same total
+  batch.
 
-Multi-process runs: the caller initialises torch.distributed (gloo on the
-CPU, nccl on CUDA) and training_stats.init_multiprocessing(rank, sync_device)
-before calling training_loop in every process; only rank 0 writes files.
+Multi-process runs: the caller sets up torch.distributed (gloo on the CPU, nccl
+on CUDA) and training_stats.init_multiprocessing(rank, sync_device) in every
+process before calling training_loop there; only rank 0 prints and writes files.
 """
 
 import copy
+import itertools
 import json
 import os
 import pickle
@@ -35,8 +44,622 @@ from torch_utils.ops import conv2d_gradfix
 from torch_utils.ops import grid_sample_gradfix
 from training import checkpoint as ckpt_io
 
-# Image grids.
 
+def training_loop(
+    *,
+    run_dir='.', training_set_kwargs={}, data_loader_kwargs={}, metrics=[],
+    G_kwargs={}, D_kwargs={}, loss_kwargs={}, G_opt_kwargs={}, D_opt_kwargs={},
+    G_reg_interval=4, D_reg_interval=16, batch_size=4, batch_gpu=4, ema_kimg=10, ema_rampup=None,
+    augment_kwargs=None, ada_target=None, ada_kimg=500, ada_interval=4, augment_p=0,
+    total_kimg=25000, kimg_per_tick=4, image_snapshot_ticks=50, network_snapshot_ticks=50, grid_max_cells=32,
+    random_seed=0, num_gpus=1, rank=0, device=None, cudnn_benchmark=True, allow_tf32=False,
+    resume_pkl=None, resume_mode='auto', abort_fn=None, progress_fn=None,
+):
+    """Train until `total_kimg` thousand real images have been shown (or `abort_fn()` says stop).
+
+    Data and models: `training_set_kwargs`, `data_loader_kwargs`, `G_kwargs`, `D_kwargs`,
+    `loss_kwargs`, `augment_kwargs` (None: no augmentation) are class_name + kwargs dicts;
+    `G_opt_kwargs`/`D_opt_kwargs` name the optimisers. `G_reg_interval`/`D_reg_interval`:
+    minibatches between lazy regularisation steps (None: regularise in the main step).
+    `batch_size` is the total over `num_gpus` processes, `batch_gpu` one accumulation
+    round of one process. G_ema follows G with a half-life of `ema_kimg` (capped at
+    `ema_rampup` times the images seen, when set). Augmentation starts at `augment_p`;
+    with `ada_target`, every `ada_interval` minibatches p moves towards keeping
+    E[sign(D(real))] at the target, by at most 1 per `ada_kimg`. A tick lasts
+    `kimg_per_tick`; image grids (at most `grid_max_cells` per side) and network
+    snapshots, then `metrics`, come every `image_snapshot_ticks`/`network_snapshot_ticks`
+    (None: never). `progress_fn(cur_kimg, total_kimg)` is called at the start and at
+    every tick. The rest is described in the module docstring.
+    """
+    cfg = dnnlib.EasyDict(locals())
+    run = _Run(cfg)
+    state = _set_up(run)
+    finished = False
+    while not finished:
+        finished = _train_minibatch(run, state)
+    _close(run)
+
+
+class _Phase:
+    """One optimiser step kind ('Gmain', 'Greg', 'Gboth', 'Dmain', ...), due every `interval` minibatches."""
+
+    def __init__(self, name, module, opt, interval, timed):
+        self.name = name
+        self.module = module
+        self.opt = opt
+        self.interval = interval
+        self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if timed else None
+
+
+class _Run:
+    """The fixed facts and open resources of one call to training_loop. Nothing here is
+    checkpointed: a resumed process rebuilds it all from the same options."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.started = time.time()
+        if not (cfg.num_gpus >= 1 and 0 <= cfg.rank < cfg.num_gpus):
+            raise ValueError('need num_gpus >= 1 and 0 <= rank < num_gpus, got {} and {}'.format(
+                cfg.num_gpus, cfg.rank))
+        per_rank, rest = divmod(cfg.batch_size, cfg.num_gpus)
+        if rest != 0 or per_rank % cfg.batch_gpu != 0:
+            raise ValueError('batch_size ({}) must be a multiple of num_gpus * batch_gpu ({} * {})'.format(
+                cfg.batch_size, cfg.num_gpus, cfg.batch_gpu))
+        if cfg.resume_mode not in ('auto', 'networks'):
+            raise ValueError("resume_mode must be 'auto' or 'networks', got {!r}".format(cfg.resume_mode))
+        self.distributed = (cfg.num_gpus > 1 and torch.distributed.is_available()
+                            and torch.distributed.is_initialized())
+        if cfg.num_gpus > 1 and not self.distributed:
+            raise RuntimeError('num_gpus={} needs torch.distributed initialised in every process '
+                               '(train.py does this)'.format(cfg.num_gpus))
+        device = cfg.device
+        if device is None:
+            device = torch.device('cuda', cfg.rank) if torch.cuda.is_available() else 'cpu'
+        self.device = torch.device(device)
+        self.on_cuda = self.device.type == 'cuda'
+        self.lead = cfg.rank == 0
+        self.batch_per_rank = per_rank
+        self.rounds = per_rank // cfg.batch_gpu
+        self.uses_augment_pipe = cfg.augment_kwargs is not None and (cfg.augment_p > 0 or cfg.ada_target is not None)
+        self.training_set = self.batches = None
+        self.phases = []
+        self.grid = None                      # (grid_size, latents, labels) on rank 0 when grids are on.
+        self.collector = self.jsonl = self.tfevents = None
+        self.metric_values = {}
+        self.tick_started = self.started
+        self.maintenance_sec = 0.0
+
+    def say(self, *lines):
+        """Print on rank 0 only (the other ranks stay silent)."""
+        if self.lead:
+            for line in lines:
+                print(line)
+
+    def rng_devices(self):
+        """What torch.random.fork_rng must save besides the CPU stream."""
+        return [self.device] if self.on_cuda else []
+
+
+def _pending_moments(collector, name):
+    """Moments of `name` synced but not yet consumed by `collector` (kept for tests and
+    tools; the checkpoint reads Collector.backlog directly)."""
+    return collector.backlog(name)
+
+
+def _restore_pending_moments(collector, name, pending):
+    """Make `collector`'s next update also count `pending` (see _pending_moments)."""
+    collector.restore_backlog(name, pending)
+
+
+# Setting up.
+
+def _set_up(run):
+    """Build the run. Everything before the per-rank seeding at the end draws from the
+    global streams seeded with random_seed, so the order of these steps is part of the
+    numerics (and the same on every rank)."""
+    cfg = run.cfg
+    _configure_torch(cfg)
+    if run.lead:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+    options = ckpt_io.trajectory_options(dict(cfg, has_augment_pipe=run.uses_augment_pipe))
+    state = ckpt_io.TrainingState(options, cfg.random_seed, run.batch_per_rank)
+    resume, ckpt = _open_resume(run, state)
+    _open_dataset(run, ckpt)
+    _build_networks(run, state, resume, ckpt)
+    _print_summaries(run, state)
+    _build_augmentation(run, state)
+    _build_phases(run, state, _distribute(run, state))
+    state.latent_gen = torch.Generator()
+    state.latent_gen.manual_seed(cfg.random_seed)
+    if run.lead and cfg.image_snapshot_ticks is not None:
+        _export_start_grids(run, state)
+    _open_logs(run)
+    if ckpt is not None:
+        ckpt_io.restore_training_state(state, ckpt, cfg.rank)
+    state.tick_start_nimg = state.cur_nimg
+    resumed_at = ' (from kimg {:.1f}, tick {})'.format(state.cur_nimg / 1000, state.cur_tick) if ckpt else ''
+    run.say('', 'Training for {} kimg{}...'.format(cfg.total_kimg, resumed_at), '')
+    if cfg.progress_fn is not None:
+        cfg.progress_fn(state.cur_nimg // 1000, cfg.total_kimg)
+    _start_rank_streams(run, ckpt)
+    run.tick_started = time.time()
+    run.maintenance_sec = run.tick_started - run.started
+    return state
+
+
+def _configure_torch(cfg):
+    """Gradient-fix ops on, backend flags as asked, and the global streams seeded with
+    random_seed alone so that initial weights are the same on every rank."""
+    conv2d_gradfix.enabled = True
+    grid_sample_gradfix.enabled = True
+    backends = torch.backends
+    backends.cudnn.benchmark = cfg.cudnn_benchmark
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+    np.random.seed(cfg.random_seed)
+    torch.manual_seed(cfg.random_seed)
+
+
+def _open_resume(run, state):
+    """(where, checkpoint) for resume_pkl: where=None for a fresh run, checkpoint=None unless
+    the resume is exact. A checkpoint is checked against this run before anything is built."""
+    cfg = run.cfg
+    if not cfg.resume_pkl:
+        return None, None
+    where = ckpt_io.resolve_resume(cfg.resume_pkl)
+    if cfg.resume_mode == 'networks':
+        if where.pkl is None:
+            raise FileNotFoundError('resume_mode="networks" needs the snapshot .pkl beside {}'.format(where.ckpt))
+        return dnnlib.EasyDict(where, exact=False), None
+    if not where.exact:
+        return where, None
+    ckpt = ckpt_io.load_checkpoint(where.ckpt)
+    writers = len(ckpt['ranks'])
+    if writers != cfg.num_gpus:
+        raise ValueError('{} was written by {} process(es); resume it with num_gpus={}'.format(
+            where.ckpt, writers, writers))
+    ckpt_io.check_options(ckpt, state.options, where.ckpt)
+    return where, ckpt
+
+
+class _SkipAhead(torch.utils.data.Sampler):
+    """A seeded sampler replayed past the indices an earlier session already used, so the
+    data order goes on exactly where that session stopped."""
+
+    def __init__(self, base, skip):
+        super().__init__()
+        self.base = base
+        self.skip = int(skip)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.base), self.skip, None)
+
+
+def _open_dataset(run, ckpt):
+    cfg = run.cfg
+    run.say('Loading training set...')
+    data = dnnlib.util.construct_class_by_name(**cfg.training_set_kwargs)
+    order = misc.InfiniteSampler(dataset=data, rank=cfg.rank, num_replicas=cfg.num_gpus, seed=cfg.random_seed)
+    skip = ckpt_io.images_consumed(ckpt)
+    if skip:
+        order = _SkipAhead(order, skip)
+    loader = torch.utils.data.DataLoader(dataset=data, sampler=order, batch_size=run.batch_per_rank,
+                                         **cfg.data_loader_kwargs)
+    run.training_set = data
+    run.batches = iter(loader)   # Creating the iterator draws its base seed from the global torch stream.
+    run.say('', 'Num images:  {}'.format(len(data)), 'Image shape: {}'.format(data.image_shape),
+            'Label shape: {}'.format(data.label_shape), '')
+
+
+def _build_networks(run, state, resume, ckpt):
+    """G and D from their kwargs (G_ema a copy of G), then the weights a resume asks for."""
+    cfg, data = run.cfg, run.training_set
+    run.say('Constructing networks...')
+    dims = dict(c_dim=data.label_dim, img_resolution=data.resolution, img_channels=data.num_channels)
+    for key, kwargs in (('G', cfg.G_kwargs), ('D', cfg.D_kwargs)):
+        net = dnnlib.util.construct_class_by_name(**kwargs, **dims)
+        setattr(state, key, net.train().requires_grad_(False).to(run.device))
+    state.G_ema = copy.deepcopy(state.G).eval()
+    if resume is not None and not resume.exact:
+        run.say('Resuming networks from "{}"'.format(resume.pkl))
+        import legacy   # Only a networks-only resume reads foreign pickles.
+        with dnnlib.util.open_url(resume.pkl) as f:
+            saved = legacy.load_network_pkl(f)
+        for key in ('G', 'D', 'G_ema'):
+            misc.copy_params_and_buffers(saved[key], getattr(state, key), require_all=False)
+    if ckpt is not None:
+        progress = ckpt['progress']
+        run.say('Resuming exactly from "{}" (kimg {:.1f}, tick {})'.format(
+            resume.ckpt, progress['cur_nimg'] / 1000, progress['cur_tick']))
+        ckpt_io.restore_networks(state, ckpt)
+
+
+def _print_summaries(run, state):
+    """Layer tables of G and D (rank 0). They run real forwards, so buffers such as w_avg
+    are put back afterwards."""
+    if not run.lead:
+        return
+    G, D = state.G, state.D
+    kept = [copy.deepcopy(net.state_dict()) for net in (G, D)]
+    z = torch.zeros([run.cfg.batch_gpu, G.z_dim], device=run.device)
+    c = torch.zeros([run.cfg.batch_gpu, G.c_dim], device=run.device)
+    with torch.no_grad():
+        img = misc.print_module_summary(G, [z, c])
+        misc.print_module_summary(D, [img, c])
+    for net, saved in zip((G, D), kept):
+        net.load_state_dict(saved)
+
+
+def _build_augmentation(run, state):
+    """The augment pipe at augment_p and, with ADA, the collector p is steered by."""
+    cfg = run.cfg
+    if not run.uses_augment_pipe:
+        return
+    run.say('Setting up augmentation...')
+    pipe = dnnlib.util.construct_class_by_name(**cfg.augment_kwargs)
+    state.augment_pipe = pipe.train().requires_grad_(False).to(run.device)
+    state.augment_pipe.p.copy_(torch.as_tensor(cfg.augment_p))
+    if cfg.ada_target is not None:
+        state.ada_stats = training_stats.Collector(regex=ckpt_io.ADA_STAT)
+
+
+def _distribute(run, state):
+    """The modules the loss drives, keyed as its constructor names them. With several
+    processes, every rank first takes rank 0's tensors and the trainable ones are wrapped
+    in DistributedDataParallel, which averages their gradients."""
+    driven = dict(G_mapping=state.G.mapping, G_synthesis=state.G.synthesis, D=state.D,
+                  augment_pipe=state.augment_pipe)
+    if not run.distributed:
+        return driven
+    run.say('Distributing across {} processes...'.format(run.cfg.num_gpus))
+    for net in (state.G, state.D, state.G_ema, state.augment_pipe):
+        for tensor in ([] if net is None else misc.params_and_buffers(net)):
+            torch.distributed.broadcast(tensor, src=0)
+    for key, net in list(driven.items()):
+        if net is None or next(iter(net.parameters()), None) is None:
+            continue
+        net.requires_grad_(True)
+        driven[key] = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[run.device] if run.on_cuda else None, broadcast_buffers=False)
+        net.requires_grad_(False)
+    return driven
+
+
+def _lazy_regularised(opt_kwargs, interval):
+    """Optimiser kwargs for a network whose regulariser runs every `interval` minibatches.
+    It then takes interval+1 steps where plain training takes interval, so lr and the
+    Adam betas are raised to that ratio to keep the main steps' effective rate and horizon."""
+    ratio = interval / (interval + 1)
+    scaled = dnnlib.EasyDict(copy.deepcopy(opt_kwargs))
+    scaled.lr = scaled.lr * ratio
+    if 'betas' in scaled:
+        scaled.betas = [beta ** ratio for beta in scaled.betas]
+    return scaled
+
+
+def _build_phases(run, state, driven):
+    """The loss, one optimiser per network, and the phase list in its fixed order:
+    G's phases, then D's; each network has a main and a reg phase, or one 'both' phase."""
+    cfg = run.cfg
+    run.say('Setting up training phases...')
+    state.loss = dnnlib.util.construct_class_by_name(device=run.device, **driven, **cfg.loss_kwargs)
+    timed = run.lead and run.on_cuda
+    plan = (('G', state.G, cfg.G_opt_kwargs, cfg.G_reg_interval), ('D', state.D, cfg.D_opt_kwargs, cfg.D_reg_interval))
+    for key, net, opt_kwargs, interval in plan:
+        if interval is None:
+            schedule = [(key + 'both', 1)]
+        else:
+            opt_kwargs = _lazy_regularised(opt_kwargs, interval)
+            schedule = [(key + 'main', 1), (key + 'reg', interval)]
+        opt = dnnlib.util.construct_class_by_name(net.parameters(), **opt_kwargs)
+        state.optimizers[key] = opt
+        run.phases += [_Phase(name, net, opt, every, timed) for name, every in schedule]
+
+
+def _export_start_grids(run, state):
+    """reals.png, the fixed grid latents (their own stream) and fakes_init.png."""
+    cfg = run.cfg
+    run.say('Exporting sample images...')
+    size, images, labels = setup_snapshot_image_grid(run.training_set, random_seed=cfg.random_seed,
+                                                     max_cells=cfg.grid_max_cells)
+    save_image_grid(images, os.path.join(cfg.run_dir, 'reals.png'), drange=[0, 255], grid_size=size)
+    stream = torch.Generator()
+    stream.manual_seed(cfg.random_seed)
+    z = torch.randn([labels.shape[0], state.G.z_dim], generator=stream).to(run.device).split(cfg.batch_gpu)
+    c = torch.from_numpy(labels).to(run.device).split(cfg.batch_gpu)
+    run.grid = (size, z, c)
+    save_image_grid(_grid_fakes(run, state.G_ema), os.path.join(cfg.run_dir, 'fakes_init.png'), drange=[-1, 1],
+                    grid_size=size)
+
+
+def _open_logs(run):
+    """The per-tick collector of every statistic, stats.jsonl and (when installed) TensorBoard."""
+    run.say('Initializing logs...')
+    run.collector = training_stats.Collector(regex='.*')
+    if not run.lead:
+        return
+    run.jsonl = open(os.path.join(run.cfg.run_dir, 'stats.jsonl'), 'at')
+    try:
+        from torch.utils import tensorboard
+        run.tfevents = tensorboard.SummaryWriter(run.cfg.run_dir)
+    except Exception:   # TensorBoard is optional; any failure to start it only loses the events.
+        run.tfevents = None
+
+
+def _start_rank_streams(run, ckpt):
+    """The per-rank streams that noise inputs, style mixing, augmentation and the path-length
+    penalty draw from: seeded per rank, or as the checkpoint left them."""
+    cfg = run.cfg
+    if ckpt is not None:
+        ckpt_io.restore_rank_streams(ckpt, cfg.rank, run.device)
+        return
+    seed = cfg.random_seed * cfg.num_gpus + cfg.rank
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# One minibatch.
+
+def _train_minibatch(run, state):
+    """One minibatch: its due phases, then G_ema and ADA, then the tick's maintenance when
+    the tick is over. Returns True when training has ended."""
+    cfg = run.cfg
+    reals, latents = _draw_minibatch(run, state)
+    for phase, (gen_z, gen_c) in zip(run.phases, latents):
+        if state.batch_idx % phase.interval == 0:
+            _run_phase(run, state, phase, reals, gen_z, gen_c)
+    _update_ema(run, state)
+    state.cur_nimg += cfg.batch_size
+    state.batch_idx += 1
+    _adapt_augment(run, state)
+    done = state.cur_nimg >= cfg.total_kimg * 1000
+    tick_over = state.cur_tick == 0 or state.cur_nimg >= state.tick_start_nimg + cfg.kimg_per_tick * 1000
+    if not (done or tick_over):
+        return False
+    return _end_tick(run, state, done)
+
+
+def _draw_minibatch(run, state):
+    """This rank's reals as (image, label) per accumulation round, and for every phase (due
+    or not, so the shared stream never depends on the schedule) this rank's rows of the
+    latents and labels drawn for the whole batch."""
+    cfg = run.cfg
+    with torch.autograd.profiler.record_function('draw_minibatch'):
+        images, labels = next(run.batches)
+        images = (images.to(run.device).to(torch.float32) / 127.5 - 1).split(cfg.batch_gpu)
+        reals = list(zip(images, labels.to(run.device).split(cfg.batch_gpu)))
+        count = len(run.phases) * cfg.batch_size
+        z = torch.randn([count, state.G.z_dim], generator=state.latent_gen)
+        picks = torch.randint(len(run.training_set), [count], generator=state.latent_gen)
+        c = torch.from_numpy(np.stack([run.training_set.get_label(int(i)) for i in picks]).astype(np.float32))
+
+        def share(rows):
+            return rows[cfg.rank::cfg.num_gpus].to(run.device).split(cfg.batch_gpu)
+
+        latents = [(share(zz), share(cc)) for zz, cc in zip(z.split(cfg.batch_size), c.split(cfg.batch_size))]
+    return reals, latents
+
+
+def _run_phase(run, state, phase, reals, gen_z, gen_c):
+    """Accumulate the phase's gradients over the rounds (DDP syncs in the last one), zero
+    any NaN/inf in them and take one optimiser step."""
+    if phase.events is not None:
+        phase.events[0].record(torch.cuda.current_stream(run.device))
+    phase.opt.zero_grad(set_to_none=True)
+    phase.module.requires_grad_(True)
+    last = run.rounds - 1
+    for step, ((real_img, real_c), z, c) in enumerate(zip(reals, gen_z, gen_c)):
+        state.loss.accumulate_gradients(phase=phase.name, real_img=real_img, real_c=real_c, gen_z=z, gen_c=c,
+                                        sync=step == last, gain=phase.interval)
+    phase.module.requires_grad_(False)
+    with torch.autograd.profiler.record_function(phase.name + '_step'):
+        _scrub_gradients(phase.module)
+        phase.opt.step()
+    if phase.events is not None:
+        phase.events[1].record(torch.cuda.current_stream(run.device))
+
+
+def _scrub_gradients(module):
+    """One bad sample must not poison the weights: NaN gradients become 0, infinities +-1e5."""
+    grads = [param.grad for param in module.parameters() if param.grad is not None]
+    for grad in grads:
+        misc.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
+
+
+def _update_ema(run, state):
+    """G_ema's parameters move towards G's with a half-life of ema_kimg thousand images
+    (shorter early on with a ramp-up); its buffers are G's."""
+    cfg = run.cfg
+    horizon = cfg.ema_kimg * 1000
+    if cfg.ema_rampup is not None:
+        horizon = min(horizon, state.cur_nimg * cfg.ema_rampup)
+    beta = 0.5 ** (cfg.batch_size / max(horizon, 1e-8))
+    with torch.no_grad(), torch.autograd.profiler.record_function('ema_update'):
+        for avg, live in zip(state.G_ema.parameters(), state.G.parameters()):
+            avg.copy_(live.lerp(avg, beta))
+        for avg, live in zip(state.G_ema.buffers(), state.G.buffers()):
+            avg.copy_(live)
+
+
+def _adapt_augment(run, state):
+    """ADA: every ada_interval minibatches, one step of p up when E[sign(D(real))] is above
+    the target (D grows confident on reals: overfitting), down when below; never below 0."""
+    cfg = run.cfg
+    if state.ada_stats is None or state.batch_idx % cfg.ada_interval != 0:
+        return
+    state.ada_stats.update()
+    signs = state.ada_stats.mean(ckpt_io.ADA_STAT)
+    if not np.isfinite(signs):
+        return
+    step = (cfg.batch_size * cfg.ada_interval) / (cfg.ada_kimg * 1000)
+    p = state.augment_pipe.p
+    p.copy_((p + np.sign(signs - cfg.ada_target) * step).clamp(min=0))
+
+
+# Tick maintenance.
+
+def _due(every, tick, done):
+    return every is not None and (done or tick % every == 0)
+
+
+def _end_tick(run, state, done):
+    """Maintenance at a tick boundary, in a fixed order: status line, abort check, image grid,
+    network snapshot and its metrics, statistics, then the checkpoint of the state after the
+    tick. Returns True when training has ended."""
+    cfg = run.cfg
+    tick_end = time.time()
+    _print_status(run, state, tick_end)
+    if not done and cfg.abort_fn is not None and cfg.abort_fn():
+        done = True
+        run.say('', 'Aborting...')
+    if run.grid is not None and _due(cfg.image_snapshot_ticks, state.cur_tick, done):
+        path = os.path.join(cfg.run_dir, 'fakes{:06d}.png'.format(state.cur_nimg // 1000))
+        save_image_grid(_grid_fakes(run, state.G_ema), path, drange=[-1, 1], grid_size=run.grid[0])
+    snapshot_pkl = None
+    if _due(cfg.network_snapshot_ticks, state.cur_tick, done):
+        snapshot_pkl, frozen = _write_snapshot(run, state)
+        if len(cfg.metrics) > 0:
+            _evaluate_metrics(run, snapshot_pkl, frozen)
+        del frozen
+    _log_stats(run, state)
+    state.cur_tick += 1
+    state.tick_start_nimg = state.cur_nimg
+    run.tick_started = time.time()
+    run.maintenance_sec = run.tick_started - tick_end
+    if snapshot_pkl is not None:
+        _write_checkpoint(run, state, snapshot_pkl)
+        run.maintenance_sec = time.time() - tick_end
+    return done
+
+
+def _resident_gb():
+    """This process's resident memory in GiB (peak RSS where /proc is missing)."""
+    try:
+        with open('/proc/self/statm') as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf('SC_PAGE_SIZE') / 2**30
+    except (OSError, ValueError, IndexError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _print_status(run, state, tick_end):
+    """The status line; each column is also reported as a statistic."""
+    tick_sec = tick_end - run.tick_started
+    total_sec = state.elapsed_before + (tick_end - run.started)
+    shown = state.cur_nimg - state.tick_start_nimg
+    pipe = state.augment_pipe
+    columns = [
+        ('tick', 'Progress/tick', state.cur_tick, '{:<5d}'.format),
+        ('kimg', 'Progress/kimg', state.cur_nimg / 1e3, '{:<8.1f}'.format),
+        ('time', 'Timing/total_sec', total_sec, lambda sec: '{:<12s}'.format(dnnlib.util.format_time(sec))),
+        ('sec/tick', 'Timing/sec_per_tick', tick_sec, '{:<7.1f}'.format),
+        ('sec/kimg', 'Timing/sec_per_kimg', tick_sec / max(shown, 1) * 1e3, '{:<7.2f}'.format),
+        ('maintenance', 'Timing/maintenance_sec', run.maintenance_sec, '{:<6.1f}'.format),
+        ('cpumem', 'Resources/cpu_mem_gb', _resident_gb(), '{:<6.2f}'.format),
+    ]
+    if run.on_cuda:
+        peak = torch.cuda.max_memory_allocated(run.device) / 2**30
+        torch.cuda.reset_peak_memory_stats(run.device)
+        columns.append(('gpumem', 'Resources/peak_gpu_mem_gb', peak, '{:<6.2f}'.format))
+    columns.append(('augment', 'Progress/augment', float(pipe.p.cpu()) if pipe is not None else 0, '{:.3f}'.format))
+    text = ' '.join(label + ' ' + fmt(training_stats.report0(stat, value)) for label, stat, value, fmt in columns)
+    training_stats.report0('Timing/total_hours', total_sec / (60 * 60))
+    training_stats.report0('Timing/total_days', total_sec / (24 * 60 * 60))
+    if run.lead:
+        print(text, flush=True)
+
+
+def _grid_fakes(run, G_ema):
+    """G_ema's pictures of the grid latents with constant noise, leaving every random stream
+    as it was. On the CPU, per-sample modulation (fused_modconv=False) gives the same
+    images about twice as fast."""
+    _size, zs, cs = run.grid
+    extra = dict(fused_modconv=False) if run.device.type == 'cpu' else {}
+    with torch.random.fork_rng(devices=run.rng_devices()), torch.no_grad():
+        pictures = [G_ema(z=z, c=c, noise_mode='const', **extra).cpu() for z, c in zip(zs, cs)]
+    return torch.cat(pictures).numpy()
+
+
+def _write_snapshot(run, state):
+    """network-snapshot-<kimg>.pkl in upstream's layout (eval-mode CPU copies of the
+    networks); every rank makes the copies, for the metrics. Returns (path, contents)."""
+    cfg = run.cfg
+    frozen = dict(training_set_kwargs=dict(cfg.training_set_kwargs))
+    for key in ('G', 'D', 'G_ema', 'augment_pipe'):
+        net = getattr(state, key)
+        if net is not None:
+            if run.distributed:
+                misc.check_ddp_consistency(net, ignore_regex=r'.*\.w_avg')
+            net = copy.deepcopy(net).eval().requires_grad_(False).cpu()
+        frozen[key] = net
+    path = os.path.join(cfg.run_dir, ckpt_io.snapshot_pkl_name(state.cur_nimg // 1000))
+    if run.lead:
+        partial = '{}.tmp{}'.format(path, os.getpid())
+        with open(partial, 'wb') as f:
+            pickle.dump(frozen, f)
+        os.replace(partial, path)
+    return path, frozen
+
+
+def _evaluate_metrics(run, snapshot_pkl, frozen):
+    """Every requested metric on the snapshot's G_ema, outside the training random streams."""
+    cfg = run.cfg
+    run.say('Evaluating metrics...')
+    from metrics import metric_main   # Only runs that ask for metrics need it (and its detectors).
+    with torch.random.fork_rng(devices=run.rng_devices()):
+        for metric in cfg.metrics:
+            result = metric_main.calc_metric(metric=metric, G=frozen['G_ema'], dataset_kwargs=cfg.training_set_kwargs,
+                                             num_gpus=cfg.num_gpus, rank=cfg.rank, device=run.device)
+            if run.lead:
+                metric_main.report_metric(result, run_dir=cfg.run_dir, snapshot_pkl=snapshot_pkl)
+            run.metric_values.update(result.results)
+
+
+def _log_stats(run, state):
+    """Phase timings, then one line of stats.jsonl (and TensorBoard scalars) for the tick."""
+    cfg = run.cfg
+    for phase in run.phases:
+        elapsed_ms = []
+        if phase.events is not None:
+            phase.events[1].synchronize()
+            elapsed_ms = phase.events[0].elapsed_time(phase.events[1])
+        training_stats.report0('Timing/' + phase.name, elapsed_ms)
+    run.collector.update()
+    table = run.collector.as_dict()
+    now = time.time()
+    if run.jsonl is not None:
+        run.jsonl.write(json.dumps(dict(table, timestamp=now)) + '\n')
+        run.jsonl.flush()
+    if run.tfevents is not None:
+        step, walltime = int(state.cur_nimg / 1e3), now - run.started
+        for name, value in table.items():
+            run.tfevents.add_scalar(name, value.mean, global_step=step, walltime=walltime)
+        for name, value in run.metric_values.items():
+            run.tfevents.add_scalar('Metrics/' + name, value, global_step=step, walltime=walltime)
+        run.tfevents.flush()
+    if cfg.progress_fn is not None:
+        cfg.progress_fn(state.cur_nimg // 1000, cfg.total_kimg)
+
+
+def _write_checkpoint(run, state, snapshot_pkl):
+    """The exact-resume checkpoint beside the snapshot, holding the state after this tick."""
+    ranks = ckpt_io.gather_rank_states(state, run.device, run.cfg.num_gpus)
+    if run.lead:
+        elapsed = state.elapsed_before + (run.tick_started - run.started)
+        ckpt_io.save_checkpoint(ckpt_io.training_state_dict(state, ranks, elapsed),
+                                ckpt_io.ckpt_path_for(snapshot_pkl))
+
+
+def _close(run):
+    if run.jsonl is not None:
+        run.jsonl.close()
+    if run.tfevents is not None:
+        run.tfevents.close()
+    run.say('', 'Exiting...')
+
+
+# Picture helpers.
 
 def setup_snapshot_image_grid(training_set, random_seed=0, max_width=7680, max_height=4320, max_cells=32):
     """Pick the reals shown in `reals.png`: as many cells as fit in a max_width x
@@ -91,563 +714,3 @@ def save_image_grid(img, fname, drange, grid_size):
         PIL.Image.fromarray(tiled, 'RGB').save(fname)
     else:
         raise ValueError('save_image_grid: cannot save {} channels'.format(c))
-
-
-# Helpers.
-
-
-class _ResumedSampler(torch.utils.data.Sampler):
-    """Iterates a seeded sampler after dropping its first `skip` indices, so data
-    order continues exactly where a previous run stopped."""
-
-    def __init__(self, base, skip):
-        super().__init__()
-        self.base = base
-        self.skip = int(skip)
-
-    def __iter__(self):
-        it = iter(self.base)
-        for _ in range(self.skip):
-            next(it)
-        yield from it
-
-
-def _cpu_mem_gb():
-    try:
-        with open('/proc/self/statm') as f:
-            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**30
-    except (OSError, ValueError, IndexError):
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def _is_distributed(num_gpus):
-    return num_gpus > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _pending_moments(collector, name):
-    """What `collector` has not consumed yet of `name` (count, sum, sum of squares):
-    synced totals minus what the collector saw at its last update. Valid right after
-    another collector's update() has synced everything pending."""
-    total = training_stats._cumulative.get(name)
-    if total is None:
-        return torch.zeros([3], dtype=torch.float64)
-    seen = collector._cumulative.get(name, torch.zeros_like(total))
-    return (total - seen).clone()
-
-
-def _restore_pending_moments(collector, name, pending):
-    """Make `collector`'s next update() also count `pending` (see _pending_moments)."""
-    total = training_stats._cumulative.get(name)
-    if total is None:
-        total = torch.zeros([3], dtype=torch.float64)
-    collector._cumulative[name] = total.clone() - pending.to(torch.float64)
-
-
-def _trajectory_options(**kw):
-    """The options that decide what training computes; an exact resume requires them equal."""
-    keys = ['training_set_kwargs', 'G_kwargs', 'D_kwargs', 'G_opt_kwargs', 'D_opt_kwargs', 'augment_kwargs',
-            'loss_kwargs', 'random_seed', 'num_gpus', 'batch_size', 'batch_gpu', 'ema_kimg', 'ema_rampup',
-            'G_reg_interval', 'D_reg_interval', 'ada_target', 'ada_interval', 'ada_kimg', 'has_augment_pipe']
-    return {k: kw[k] for k in keys}
-
-
-
-
-def training_loop(
-    run_dir='.',                # Output directory.
-    training_set_kwargs={},     # Options for the training set.
-    data_loader_kwargs={},      # Options for torch.utils.data.DataLoader.
-    G_kwargs={},                # Options for the generator.
-    D_kwargs={},                # Options for the discriminator.
-    G_opt_kwargs={},            # Options for the generator optimiser.
-    D_opt_kwargs={},            # Options for the discriminator optimiser.
-    augment_kwargs=None,        # Options for the augment pipe (None = no augmentation).
-    loss_kwargs={},             # Options for the loss (class_name included).
-    metrics=[],                 # Metrics to evaluate at each network snapshot.
-    random_seed=0,              # Global random seed.
-    num_gpus=1,                 # Number of processes taking part.
-    rank=0,                     # Rank of this process in [0, num_gpus).
-    batch_size=4,               # Total batch over all processes.
-    batch_gpu=4,                # Samples per process per accumulation round.
-    ema_kimg=10,                # Half-life of the G_ema average, in kimg.
-    ema_rampup=None,            # EMA ramp-up coefficient (None = off).
-    G_reg_interval=4,           # Lazy regularisation interval for G (None = Gboth).
-    D_reg_interval=16,          # Lazy regularisation interval for D (None = Dboth).
-    augment_p=0,                # Initial augmentation probability.
-    ada_target=None,            # ADA target for E[sign(D(real))] (None = fixed p).
-    ada_interval=4,             # Minibatches between p updates.
-    ada_kimg=500,               # kimg for p to move from 0 to 1.
-    total_kimg=25000,           # Length of training.
-    kimg_per_tick=4,            # Progress snapshot interval.
-    image_snapshot_ticks=50,    # Ticks between image grids (None = off).
-    grid_max_cells=32,          # Our extension: at most this many cells per side of the image grids.
-    network_snapshot_ticks=50,  # Ticks between network snapshots (None = off).
-    resume_pkl=None,            # Snapshot .pkl / .ckpt.pt / run folder / URL to resume from.
-    cudnn_benchmark=True,       # torch.backends.cudnn.benchmark.
-    allow_tf32=False,           # TF32 matmuls and convolutions.
-    abort_fn=None,              # Callable: stop training when it returns True.
-    progress_fn=None,           # Callable(cur_kimg, total_kimg), called each tick.
-    device=None,                # Our extension: torch device (None = cuda:rank or cpu).
-    resume_mode='auto',         # Our extension: 'auto' (exact when a checkpoint exists) or 'networks'.
-):
-    start_time = time.time()
-    if device is None:
-        device = torch.device('cuda', rank) if torch.cuda.is_available() else torch.device('cpu')
-    device = torch.device(device)
-    is_cuda = device.type == 'cuda'
-    if not (num_gpus >= 1 and 0 <= rank < num_gpus):
-        raise ValueError('need num_gpus >= 1 and 0 <= rank < num_gpus, got {} and {}'.format(num_gpus, rank))
-    if batch_size % num_gpus != 0 or (batch_size // num_gpus) % batch_gpu != 0:
-        raise ValueError('batch_size ({}) must be a multiple of num_gpus * batch_gpu ({} * {})'.format(
-            batch_size, num_gpus, batch_gpu))
-    if resume_mode not in ('auto', 'networks'):
-        raise ValueError("resume_mode must be 'auto' or 'networks', got {!r}".format(resume_mode))
-    distributed = _is_distributed(num_gpus)
-    if num_gpus > 1 and not distributed:
-        raise RuntimeError('num_gpus={} needs torch.distributed initialised in every process '
-                           '(train.py does this)'.format(num_gpus))
-    batch_per_rank = batch_size // num_gpus
-    num_rounds = batch_per_rank // batch_gpu
-
-    # Initialisation depends on random_seed only (the same on every rank); the per-rank
-    # streams used during training are seeded right before the first minibatch.
-    np.random.seed(random_seed)
-    torch.manual_seed(random_seed)
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    conv2d_gradfix.enabled = True
-    grid_sample_gradfix.enabled = True
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-
-    # Resume: what and how.
-    resume = ckpt_io.resolve_resume(resume_pkl) if resume_pkl else None
-    if resume is not None and resume_mode == 'networks':
-        resume = dnnlib.EasyDict(resume, exact=False)
-        if resume.pkl is None:
-            raise FileNotFoundError('resume_mode="networks" needs the snapshot .pkl beside {}'.format(resume.ckpt))
-    ckpt = None
-    if resume is not None and resume.exact:
-        ckpt = ckpt_io.load_checkpoint(resume.ckpt)
-        if len(ckpt['ranks']) != num_gpus:
-            raise ValueError('{} was written by {} process(es); resume it with num_gpus={}'.format(
-                resume.ckpt, len(ckpt['ranks']), len(ckpt['ranks'])))
-
-    # Training set.
-    if rank == 0:
-        print('Loading training set...')
-    training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
-    base_sampler = misc.InfiniteSampler(dataset=training_set, rank=rank, num_replicas=num_gpus, seed=random_seed)
-    consumed = int(ckpt['sampler']['consumed_per_rank']) if ckpt is not None else 0
-    sampler = _ResumedSampler(base_sampler, consumed) if consumed else base_sampler
-    training_set_iterator = iter(torch.utils.data.DataLoader(dataset=training_set, sampler=sampler,
-                                                             batch_size=batch_per_rank, **data_loader_kwargs))
-    if rank == 0:
-        print()
-        print('Num images: ', len(training_set))
-        print('Image shape:', training_set.image_shape)
-        print('Label shape:', training_set.label_shape)
-        print()
-
-    # Networks.
-    if rank == 0:
-        print('Constructing networks...')
-    common_kwargs = dict(c_dim=training_set.label_dim, img_resolution=training_set.resolution,
-                         img_channels=training_set.num_channels)
-    G = dnnlib.util.construct_class_by_name(**G_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
-    D = dnnlib.util.construct_class_by_name(**D_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
-    G_ema = copy.deepcopy(G).eval()
-
-    if resume is not None and not resume.exact:
-        if rank == 0:
-            print('Resuming networks from "{}"'.format(resume.pkl))
-        import legacy   # Local import: only needed here.
-        with dnnlib.util.open_url(resume.pkl) as f:
-            resume_data = legacy.load_network_pkl(f)
-        for name, module in [('G', G), ('D', D), ('G_ema', G_ema)]:
-            misc.copy_params_and_buffers(resume_data[name], module, require_all=False)
-    if ckpt is not None:
-        if rank == 0:
-            print('Resuming exactly from "{}" (kimg {:.1f}, tick {})'.format(
-                resume.ckpt, ckpt['progress']['cur_nimg'] / 1000, ckpt['progress']['cur_tick']))
-        G.load_state_dict(ckpt['G'])
-        D.load_state_dict(ckpt['D'])
-        G_ema.load_state_dict(ckpt['G_ema'])
-
-    if rank == 0:
-        # Summaries run real forwards; keep them from touching buffers (w_avg).
-        saved = [copy.deepcopy(m.state_dict()) for m in (G, D)]
-        z = torch.zeros([batch_gpu, G.z_dim], device=device)
-        c = torch.zeros([batch_gpu, G.c_dim], device=device)
-        with torch.no_grad():
-            img = misc.print_module_summary(G, [z, c])
-            misc.print_module_summary(D, [img, c])
-        for m, sd in zip((G, D), saved):
-            m.load_state_dict(sd)
-
-    # Augmentation.
-    augment_pipe = None
-    ada_stats = None
-    has_augment_pipe = augment_kwargs is not None and (augment_p > 0 or ada_target is not None)
-    if has_augment_pipe:
-        if rank == 0:
-            print('Setting up augmentation...')
-        augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs).train().requires_grad_(False).to(device)
-        augment_pipe.p.copy_(torch.as_tensor(augment_p))
-        if ckpt is not None:
-            augment_pipe.load_state_dict(ckpt['augment_pipe'])
-        if ada_target is not None:
-            ada_stats = training_stats.Collector(regex='Loss/signs/real')
-            if ckpt is not None and ckpt.get('ada') is not None:
-                _restore_pending_moments(ada_stats, 'Loss/signs/real', ckpt['ada']['pending'])
-
-    # Distribute: every rank starts from rank 0's tensors; DDP averages gradients.
-    if distributed:
-        if rank == 0:
-            print('Distributing across {} processes...'.format(num_gpus))
-        for module in [G, D, G_ema, augment_pipe]:
-            if module is not None:
-                for tensor in misc.params_and_buffers(module):
-                    torch.distributed.broadcast(tensor, src=0)
-    ddp_modules = dict()
-    for name, module in [('G_mapping', G.mapping), ('G_synthesis', G.synthesis), ('D', D),
-                         ('augment_pipe', augment_pipe)]:
-        if distributed and module is not None and len(list(module.parameters())) != 0:
-            module.requires_grad_(True)
-            module = torch.nn.parallel.DistributedDataParallel(
-                module, device_ids=[device] if is_cuda else None, broadcast_buffers=False)
-            module.requires_grad_(False)
-        ddp_modules[name] = module
-
-    # Loss and phases.
-    if rank == 0:
-        print('Setting up training phases...')
-    loss = dnnlib.util.construct_class_by_name(device=device, **ddp_modules, **loss_kwargs)
-    phases = []
-    for name, module, opt_kwargs, reg_interval in [('G', G, G_opt_kwargs, G_reg_interval),
-                                                   ('D', D, D_opt_kwargs, D_reg_interval)]:
-        if reg_interval is None:
-            opt = dnnlib.util.construct_class_by_name(module.parameters(), **opt_kwargs)
-            phases += [dnnlib.EasyDict(name=name + 'both', module=module, opt=opt, opt_name=name, interval=1)]
-        else:
-            # Lazy regularisation: scale lr and betas so the main steps behave as if every step ran.
-            mb_ratio = reg_interval / (reg_interval + 1)
-            opt_kwargs = dnnlib.EasyDict(copy.deepcopy(opt_kwargs))
-            opt_kwargs.lr = opt_kwargs.lr * mb_ratio
-            if 'betas' in opt_kwargs:
-                opt_kwargs.betas = [beta ** mb_ratio for beta in opt_kwargs.betas]
-            opt = dnnlib.util.construct_class_by_name(module.parameters(), **opt_kwargs)
-            phases += [dnnlib.EasyDict(name=name + 'main', module=module, opt=opt, opt_name=name, interval=1)]
-            phases += [dnnlib.EasyDict(name=name + 'reg', module=module, opt=opt, opt_name=name,
-                                       interval=reg_interval)]
-    optimizers = {phase.opt_name: phase.opt for phase in phases}
-    if ckpt is not None:
-        for opt_name, opt in optimizers.items():
-            opt.load_state_dict(ckpt['opt'][opt_name])
-        loss.load_state_dict(ckpt['ranks'][rank]['loss'])
-    for phase in phases:
-        phase.start_event = phase.end_event = None
-        if rank == 0 and is_cuda:
-            phase.start_event = torch.cuda.Event(enable_timing=True)
-            phase.end_event = torch.cuda.Event(enable_timing=True)
-
-    # Options that must match for an exact resume.
-    trajectory_options = _trajectory_options(
-        training_set_kwargs=training_set_kwargs, G_kwargs=G_kwargs, D_kwargs=D_kwargs, G_opt_kwargs=G_opt_kwargs,
-        D_opt_kwargs=D_opt_kwargs, augment_kwargs=augment_kwargs, loss_kwargs=loss_kwargs,
-        random_seed=random_seed, num_gpus=num_gpus, batch_size=batch_size, batch_gpu=batch_gpu,
-        ema_kimg=ema_kimg, ema_rampup=ema_rampup, G_reg_interval=G_reg_interval, D_reg_interval=D_reg_interval,
-        ada_target=ada_target, ada_interval=ada_interval, ada_kimg=ada_kimg, has_augment_pipe=has_augment_pipe)
-    if ckpt is not None:
-        ckpt_io.check_options(ckpt, trajectory_options, resume.ckpt)
-
-    # Latents and labels: one stream shared by every rank (see the module docstring).
-    latent_gen = torch.Generator()
-    latent_gen.manual_seed(random_seed)
-    if ckpt is not None:
-        latent_gen.set_state(ckpt['latent_rng'])
-
-    # Image grids (their latents come from a separate fixed stream).
-    grid_size = grid_z = grid_c = None
-    if rank == 0 and image_snapshot_ticks is not None:
-        print('Exporting sample images...')
-        grid_size, images, labels = setup_snapshot_image_grid(training_set, random_seed=random_seed,
-                                                                  max_cells=grid_max_cells)
-        save_image_grid(images, os.path.join(run_dir, 'reals.png'), drange=[0, 255], grid_size=grid_size)
-        grid_gen = torch.Generator()
-        grid_gen.manual_seed(random_seed)
-        grid_z = torch.randn([labels.shape[0], G.z_dim], generator=grid_gen).to(device).split(batch_gpu)
-        grid_c = torch.from_numpy(labels).to(device).split(batch_gpu)
-        save_image_grid(_grid_fakes(G_ema, grid_z, grid_c, device), os.path.join(run_dir, 'fakes_init.png'),
-                        drange=[-1, 1], grid_size=grid_size)
-
-    # Logs.
-    if rank == 0:
-        print('Initializing logs...')
-    stats_collector = training_stats.Collector(regex='.*')
-    stats_metrics = dict()
-    stats_jsonl = None
-    stats_tfevents = None
-    if rank == 0:
-        stats_jsonl = open(os.path.join(run_dir, 'stats.jsonl'), 'at')
-        try:
-            import torch.utils.tensorboard as tensorboard
-            stats_tfevents = tensorboard.SummaryWriter(run_dir)
-        except Exception:   # TensorBoard is optional.
-            stats_tfevents = None
-
-    # Progress counters.
-    cur_nimg = 0
-    cur_tick = 0
-    batch_idx = 0
-    elapsed_before = 0.0    # Training time of earlier sessions (exact resume).
-    if ckpt is not None:
-        progress = ckpt['progress']
-        cur_nimg = int(progress['cur_nimg'])
-        cur_tick = int(progress['cur_tick'])
-        batch_idx = int(progress['batch_idx'])
-        elapsed_before = float(progress['elapsed_sec'])
-    tick_start_nimg = cur_nimg
-    if rank == 0:
-        print()
-        print('Training for {} kimg{}...'.format(total_kimg, ' (from kimg {:.1f}, tick {})'.format(
-            cur_nimg / 1000, cur_tick) if ckpt is not None else ''))
-        print()
-    if progress_fn is not None:
-        progress_fn(cur_nimg // 1000, total_kimg)
-
-    # Per-rank random streams (noise inputs, style mixing, augmentation, pl noise).
-    if ckpt is not None:
-        ckpt_io.restore_rng_state(ckpt['ranks'][rank]['rng'], device)
-    else:
-        np.random.seed(random_seed * num_gpus + rank)
-        torch.manual_seed(random_seed * num_gpus + rank)
-        random.seed(random_seed * num_gpus + rank)
-    del ckpt
-
-    tick_start_time = time.time()
-    maintenance_time = tick_start_time - start_time
-    done = False
-    while True:
-
-        # Fetch a minibatch.
-        with torch.autograd.profiler.record_function('data_fetch'):
-            phase_real_img, phase_real_c = next(training_set_iterator)
-            phase_real_img = (phase_real_img.to(device).to(torch.float32) / 127.5 - 1).split(batch_gpu)
-            phase_real_c = phase_real_c.to(device).split(batch_gpu)
-            n_all = len(phases) * batch_size
-            all_gen_z = torch.randn([n_all, G.z_dim], generator=latent_gen)
-            label_idx = torch.randint(len(training_set), [n_all], generator=latent_gen)
-            all_gen_c = torch.from_numpy(np.stack([training_set.get_label(int(i)) for i in label_idx])
-                                         .astype(np.float32))
-            all_gen_z = [z[rank::num_gpus].to(device).split(batch_gpu) for z in all_gen_z.split(batch_size)]
-            all_gen_c = [c[rank::num_gpus].to(device).split(batch_gpu) for c in all_gen_c.split(batch_size)]
-
-        # Run the phases due at this minibatch.
-        for phase, phase_gen_z, phase_gen_c in zip(phases, all_gen_z, all_gen_c):
-            if batch_idx % phase.interval != 0:
-                continue
-            if phase.start_event is not None:
-                phase.start_event.record(torch.cuda.current_stream(device))
-
-            phase.opt.zero_grad(set_to_none=True)
-            phase.module.requires_grad_(True)
-            for round_idx, (real_img, real_c, gen_z, gen_c) in enumerate(
-                    zip(phase_real_img, phase_real_c, phase_gen_z, phase_gen_c)):
-                sync = (round_idx == num_rounds - 1)
-                loss.accumulate_gradients(phase=phase.name, real_img=real_img, real_c=real_c, gen_z=gen_z,
-                                          gen_c=gen_c, sync=sync, gain=phase.interval)
-            phase.module.requires_grad_(False)
-
-            # The sync round's backward has averaged gradients over ranks (DDP); clean and step.
-            with torch.autograd.profiler.record_function(phase.name + '_opt'):
-                for param in phase.module.parameters():
-                    if param.grad is not None:
-                        misc.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
-                phase.opt.step()
-            if phase.end_event is not None:
-                phase.end_event.record(torch.cuda.current_stream(device))
-
-        # G_ema: parameters follow G with a half-life of ema_kimg, buffers are copied.
-        with torch.autograd.profiler.record_function('Gema'):
-            ema_nimg = ema_kimg * 1000
-            if ema_rampup is not None:
-                ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
-            ema_beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
-            with torch.no_grad():
-                for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-                    p_ema.copy_(p.lerp(p_ema, ema_beta))
-                for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-                    b_ema.copy_(b)
-
-        cur_nimg += batch_size
-        batch_idx += 1
-
-        # ADA: move p towards the target overfitting heuristic E[sign(D(real))].
-        if ada_stats is not None and batch_idx % ada_interval == 0:
-            ada_stats.update()
-            rt = ada_stats['Loss/signs/real']
-            if np.isfinite(rt):
-                adjust = np.sign(rt - ada_target) * (batch_size * ada_interval) / (ada_kimg * 1000)
-                augment_pipe.p.copy_((augment_pipe.p + adjust).clamp(min=0))
-
-        # Tick?
-        done = (cur_nimg >= total_kimg * 1000)
-        if (not done) and (cur_tick != 0) and (cur_nimg < tick_start_nimg + kimg_per_tick * 1000):
-            continue
-
-        # Status line.
-        tick_end_time = time.time()
-        total_sec = elapsed_before + (tick_end_time - start_time)
-        fields = []
-        fields += ['tick {:<5d}'.format(training_stats.report0('Progress/tick', cur_tick))]
-        fields += ['kimg {:<8.1f}'.format(training_stats.report0('Progress/kimg', cur_nimg / 1e3))]
-        fields += ['time {:<12s}'.format(dnnlib.util.format_time(training_stats.report0('Timing/total_sec',
-                                                                                          total_sec)))]
-        fields += ['sec/tick {:<7.1f}'.format(training_stats.report0('Timing/sec_per_tick',
-                                                                     tick_end_time - tick_start_time))]
-        fields += ['sec/kimg {:<7.2f}'.format(training_stats.report0(
-            'Timing/sec_per_kimg', (tick_end_time - tick_start_time) / max(cur_nimg - tick_start_nimg, 1) * 1e3))]
-        fields += ['maintenance {:<6.1f}'.format(training_stats.report0('Timing/maintenance_sec',
-                                                                        maintenance_time))]
-        fields += ['cpumem {:<6.2f}'.format(training_stats.report0('Resources/cpu_mem_gb', _cpu_mem_gb()))]
-        if is_cuda:
-            fields += ['gpumem {:<6.2f}'.format(training_stats.report0(
-                'Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30))]
-            torch.cuda.reset_peak_memory_stats(device)
-        fields += ['augment {:.3f}'.format(training_stats.report0(
-            'Progress/augment', float(augment_pipe.p.cpu()) if augment_pipe is not None else 0))]
-        training_stats.report0('Timing/total_hours', total_sec / (60 * 60))
-        training_stats.report0('Timing/total_days', total_sec / (24 * 60 * 60))
-        if rank == 0:
-            print(' '.join(fields), flush=True)
-
-        # Abort?
-        if (not done) and (abort_fn is not None) and abort_fn():
-            done = True
-            if rank == 0:
-                print()
-                print('Aborting...')
-
-        # Image grid. Maintenance must not consume the training random streams.
-        if rank == 0 and image_snapshot_ticks is not None and (done or cur_tick % image_snapshot_ticks == 0):
-            images = _grid_fakes(G_ema, grid_z, grid_c, device)
-            save_image_grid(images, os.path.join(run_dir, 'fakes{:06d}.png'.format(cur_nimg // 1000)),
-                            drange=[-1, 1], grid_size=grid_size)
-
-        # Network snapshot.
-        snapshot_pkl = None
-        snapshot_data = None
-        write_snapshot = network_snapshot_ticks is not None and (done or cur_tick % network_snapshot_ticks == 0)
-        if write_snapshot:
-            snapshot_data = dict(training_set_kwargs=dict(training_set_kwargs))
-            for name, module in [('G', G), ('D', D), ('G_ema', G_ema), ('augment_pipe', augment_pipe)]:
-                if module is not None:
-                    if distributed:
-                        misc.check_ddp_consistency(module, ignore_regex=r'.*\.w_avg')
-                    module = copy.deepcopy(module).eval().requires_grad_(False).cpu()
-                snapshot_data[name] = module
-                del module
-            snapshot_pkl = os.path.join(run_dir, ckpt_io.snapshot_pkl_name(cur_nimg // 1000))
-            if rank == 0:
-                tmp = snapshot_pkl + '.tmp{}'.format(os.getpid())
-                with open(tmp, 'wb') as f:
-                    pickle.dump(snapshot_data, f)
-                os.replace(tmp, snapshot_pkl)
-
-        # Metrics.
-        if snapshot_data is not None and len(metrics) > 0:
-            if rank == 0:
-                print('Evaluating metrics...')
-            from metrics import metric_main   # Lazy: only runs that ask for metrics need the module.
-            with torch.random.fork_rng(devices=[device] if is_cuda else []):
-                for metric in metrics:
-                    result_dict = metric_main.calc_metric(metric=metric, G=snapshot_data['G_ema'],
-                                                          dataset_kwargs=training_set_kwargs, num_gpus=num_gpus,
-                                                          rank=rank, device=device)
-                    if rank == 0:
-                        metric_main.report_metric(result_dict, run_dir=run_dir, snapshot_pkl=snapshot_pkl)
-                    stats_metrics.update(result_dict.results)
-        del snapshot_data
-
-        # Statistics.
-        for phase in phases:
-            value = []
-            if phase.start_event is not None and phase.end_event is not None:
-                phase.end_event.synchronize()
-                value = phase.start_event.elapsed_time(phase.end_event)
-            training_stats.report0('Timing/' + phase.name, value)
-        stats_collector.update()
-        stats_dict = stats_collector.as_dict()
-
-        timestamp = time.time()
-        if stats_jsonl is not None:
-            fields = dict(stats_dict, timestamp=timestamp)
-            stats_jsonl.write(json.dumps(fields) + '\n')
-            stats_jsonl.flush()
-        if stats_tfevents is not None:
-            global_step = int(cur_nimg / 1e3)
-            walltime = timestamp - start_time
-            for name, value in stats_dict.items():
-                stats_tfevents.add_scalar(name, value.mean, global_step=global_step, walltime=walltime)
-            for name, value in stats_metrics.items():
-                stats_tfevents.add_scalar('Metrics/' + name, value, global_step=global_step, walltime=walltime)
-            stats_tfevents.flush()
-        if progress_fn is not None:
-            progress_fn(cur_nimg // 1000, total_kimg)
-
-        # Next tick.
-        cur_tick += 1
-        tick_start_nimg = cur_nimg
-        tick_start_time = time.time()
-        maintenance_time = tick_start_time - tick_end_time
-
-        # Exact-resume checkpoint beside the pickle, holding the state after this tick.
-        if write_snapshot:
-            rank_state = dict(rng=ckpt_io.capture_rng_state(device), loss=loss.state_dict())
-            if distributed:
-                gathered = [None] * num_gpus
-                torch.distributed.all_gather_object(gathered, ckpt_io._to_cpu(rank_state))
-            else:
-                gathered = [rank_state]
-            if rank == 0:
-                state = dict(
-                    options_hash=ckpt_io.options_hash(trajectory_options),
-                    options_json=ckpt_io.options_json(trajectory_options),
-                    progress=dict(cur_nimg=cur_nimg, cur_tick=cur_tick, batch_idx=batch_idx,
-                                  tick_start_nimg=tick_start_nimg,
-                                  elapsed_sec=elapsed_before + (tick_start_time - start_time)),
-                    G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
-                    augment_pipe=augment_pipe.state_dict() if augment_pipe is not None else None,
-                    augment_p=float(augment_pipe.p) if augment_pipe is not None else 0.0,
-                    opt={name: opt.state_dict() for name, opt in optimizers.items()},
-                    ada=dict(pending=_pending_moments(ada_stats, 'Loss/signs/real')) if ada_stats is not None
-                    else None,
-                    latent_rng=latent_gen.get_state(),
-                    sampler=dict(seed=random_seed, consumed_per_rank=batch_idx * batch_per_rank),
-                    ranks=gathered,
-                )
-                ckpt_io.save_checkpoint(state, ckpt_io.ckpt_path_for(snapshot_pkl))
-            maintenance_time = time.time() - tick_end_time
-
-        if done:
-            break
-
-    # Done.
-    if stats_jsonl is not None:
-        stats_jsonl.close()
-    if stats_tfevents is not None:
-        stats_tfevents.close()
-    if rank == 0:
-        print()
-        print('Exiting...')
-
-
-def _grid_fakes(G_ema, grid_z, grid_c, device):
-    """G_ema's images for the grid latents, with constant noise, leaving every random stream untouched.
-    On the CPU, per-sample (non-fused) modulation is about twice as fast and gives the same images."""
-    extra = dict(fused_modconv=False) if device.type == 'cpu' else dict()
-    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), torch.no_grad():
-        return torch.cat([G_ema(z=z, c=c, noise_mode='const', **extra).cpu() for z, c in zip(grid_z, grid_c)]).numpy()

@@ -8,6 +8,7 @@ warning. Both paths give first and second derivatives.
 
 import math
 import os
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -55,29 +56,40 @@ _op = custom_ops.OpPlugin('bias_act', module_name='kdgan_bias_act', sources=['bi
 build_plugin = _op.build  # build/import now (compile check); raises custom_ops.PluginError
 
 
-
-def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, impl='cuda'):
+def bias_act(x: torch.Tensor, b: Optional[torch.Tensor] = None, dim: int = 1, act: str = 'linear',
+             alpha: Optional[float] = None, gain: Optional[float] = None, clamp: Optional[float] = None,
+             impl: str = 'cuda') -> torch.Tensor:
     """y = clamp(act(x + b) * gain, -clamp, clamp), with b broadcast along `dim`.
 
     alpha, gain default to the activation's def_alpha/def_gain; clamp=None disables clamping.
     """
-    assert isinstance(x, torch.Tensor)
-    assert impl in ('ref', 'cuda')
-    assert clamp is None or clamp >= 0
+    assert isinstance(x, torch.Tensor), 'x must be a tensor'
+    assert impl in ('ref', 'cuda'), f'unknown impl {impl!r}'
     spec = activation_funcs[act]
-    alpha = float(alpha if alpha is not None else spec.def_alpha)
-    gain = float(gain if gain is not None else spec.def_gain)
-    clamp = float(clamp if clamp is not None else -1)
-    dim = dim % x.ndim if x.ndim > 0 else dim
+    alpha, gain, clamp = _resolve_constants(spec, alpha, gain, clamp)
+    if x.ndim > 0:
+        dim %= x.ndim
     if b is not None:
-        assert isinstance(b, torch.Tensor) and b.ndim == 1
-        assert 0 <= dim < x.ndim and b.shape[0] == x.shape[dim]
+        _check_bias(x, b, dim)
         b = b.to(x.dtype)
-    if _op.wants(x, impl):
-        plugin = _op.get()
-        if plugin is not None:
-            return _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp)
-    return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)
+    plugin = _op.get() if _op.wants(x, impl) else None
+    if plugin is None:
+        return _bias_act_ref(x, b, dim, spec, alpha, gain, clamp)
+    return _bias_act_cuda(plugin, x, b, dim, spec, alpha, gain, clamp)
+
+
+def _resolve_constants(spec, alpha, gain, clamp):
+    """Plain floats for the kernel and the reference alike; clamp < 0 means 'no clamp'."""
+    assert clamp is None or clamp >= 0, 'clamp must be None or >= 0'
+    return (float(spec.def_alpha if alpha is None else alpha),
+            float(spec.def_gain if gain is None else gain),
+            -1.0 if clamp is None else float(clamp))
+
+
+def _check_bias(x, b, dim):
+    assert isinstance(b, torch.Tensor) and b.ndim == 1, 'b must be a 1-D tensor'
+    assert 0 <= dim < x.ndim, f'dim {dim} out of range for a {x.ndim}-D input'
+    assert b.shape[0] == x.shape[dim], f'b has {b.shape[0]} entries, x has {x.shape[dim]} along dim {dim}'
 
 
 def _bias_act_ref(x, b, dim, spec, alpha, gain, clamp):

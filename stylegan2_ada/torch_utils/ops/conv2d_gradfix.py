@@ -24,6 +24,7 @@ being differentiated would lose that gradient path.
 
 import collections
 import contextlib
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,21 +51,21 @@ def no_weight_gradients(disable=True):
         weight_gradients_disabled = old
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> torch.Tensor:
     """Drop-in for torch.nn.functional.conv2d."""
-    if _use_custom(input, weight, padding):
-        cfg = _make_cfg(False, stride, padding, 0, dilation, groups)
-        return _Conv.apply(input, weight, bias, cfg)
-    return F.conv2d(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    if not _use_custom(input, weight, padding):
+        return F.conv2d(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return _Conv.apply(input, weight, bias, _make_cfg(False, stride, padding, 0, dilation, groups))
 
 
-def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1) -> torch.Tensor:
     """Drop-in for torch.nn.functional.conv_transpose2d (same argument order)."""
-    if _use_custom(input, weight, padding):
-        cfg = _make_cfg(True, stride, padding, output_padding, dilation, groups)
-        return _Conv.apply(input, weight, bias, cfg)
-    return F.conv_transpose2d(input, weight, bias, stride=stride, padding=padding,
-                              output_padding=output_padding, groups=groups, dilation=dilation)
+    if not _use_custom(input, weight, padding):
+        return F.conv_transpose2d(input, weight, bias, stride=stride, padding=padding,
+                                  output_padding=output_padding, groups=groups, dilation=dilation)
+    return _Conv.apply(input, weight, bias, _make_cfg(True, stride, padding, output_padding, dilation, groups))
 
 
 _Cfg = collections.namedtuple('_Cfg', 'transposed stride padding output_padding dilation groups')

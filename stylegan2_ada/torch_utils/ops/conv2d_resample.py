@@ -1,115 +1,161 @@
-"""Convolution fused with FIR-filtered up/downsampling, as StyleGAN2 uses it.
+"""A 2-D convolution combined with FIR-filtered resampling, the way StyleGAN2's layers use it.
 
-Meaning (the reference this must equal): upsample x by zero insertion (`up`),
-pad, filter with f (gain up**2), convolve with w, then filter with f and keep
-every `down`-th sample. Linear shift-invariant steps commute, which lets the
-work run at the lower resolution: upsampling becomes a strided transposed
-conv followed by the FIR filter, downsampling becomes the FIR filter followed
-by a strided conv, and 1x1 kernels move to whichever side is smaller.
+What it computes (the definition every strategy below must reproduce): zero-stuff x by
+`up`, pad by `padding` plus the filter's centring margins, filter with f (gain up**2),
+convolve with w, then filter with f and keep every `down`-th pixel.
 
-`padding` is relative to the upsampled image; the filter's own padding is added
-here so that e.g. a 3x3 kernel with padding=1 gives exactly H*up or H//down.
+Why several strategies: each step is linear and shift-invariant, so the steps can be
+regrouped to do the expensive convolution on the smaller image: a strided transposed
+convolution replaces zero-stuffing + conv, a strided conv replaces conv + decimation,
+and a 1x1 kernel simply runs on whichever side of the resampling is smaller. The table
+`_STRATEGIES` lists them in priority order; the first whose condition holds runs. The
+choice is part of the numerics (it fixes the order of the floating-point sums), so it
+must not change for trained weights to keep giving the same images.
 """
+
+import collections
+from typing import Optional
 
 import torch
 
 from . import conv2d_gradfix
 from . import upfirdn2d
 
+_Job = collections.namedtuple('_Job', 'f up down pad groups flip_weight flip_filter')
+_Job.__doc__ = """One call's settings; `pad` already includes the filter's centring margins."""
 
-def _filter_size(f):
-    """(width, height) of a FIR filter: 1-D separable [fw], 2-D [fh, fw], or None."""
-    if f is None:
-        return 1, 1
-    assert isinstance(f, torch.Tensor) and f.ndim in (1, 2), 'f must be a 1-D or 2-D tensor'
-    if f.ndim == 1:
-        return f.shape[0], f.shape[0]
-    return f.shape[1], f.shape[0]
+_Strategy = collections.namedtuple('_Strategy', 'name applies run')
 
 
-def _padding4(padding):
-    if isinstance(padding, int):
-        return [padding] * 4
-    assert len(padding) in (2, 4), padding
-    if len(padding) == 2:
-        return [int(padding[0])] * 2 + [int(padding[1])] * 2
-    return [int(p) for p in padding]
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor] = None, up: int = 1,
+                    down: int = 1, padding=0, groups: int = 1, flip_weight: bool = True,
+                    flip_filter: bool = False) -> torch.Tensor:
+    """x [N, C_in, H, W], w [C_out, C_in // groups, kh, kw], f from upfirdn2d.setup_filter()
+    (or None) -> [N, C_out, H', W'].
 
-
-def _conv(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
-    """conv2d_gradfix op; flip_weight=True is correlation, False is true convolution."""
-    if transpose:
-        # Transposed conv with kernel K is a full true convolution with K, so the
-        # kernel is flipped when the caller wants correlation.
-        if flip_weight:
-            w = w.flip([2, 3])
-        out_ch, in_per_group, kh, kw = w.shape
-        w = w.reshape(groups, out_ch // groups, in_per_group, kh, kw).transpose(1, 2)
-        w = w.reshape(groups * in_per_group, out_ch // groups, kh, kw)
-        return conv2d_gradfix.conv_transpose2d(x, w, stride=stride, padding=padding, groups=groups)
-    if not flip_weight:
-        w = w.flip([2, 3])
-    return conv2d_gradfix.conv2d(x, w, stride=stride, padding=padding, groups=groups)
-
-
-def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, flip_filter=False):
-    """x [N, C_in, H, W], w [C_out, C_in//groups, kh, kw], f from upfirdn2d.setup_filter().
-
-    Returns [N, C_out, H', W'].
+    `padding` counts pixels of the upsampled image. flip_weight=True correlates with w
+    (torch's convention); False convolves.
     """
-    assert isinstance(x, torch.Tensor) and x.ndim == 4, 'x must be NCHW'
-    assert isinstance(w, torch.Tensor) and w.ndim == 4 and w.dtype == x.dtype, 'w must be OIHW, x.dtype'
-    assert isinstance(up, int) and up >= 1 and isinstance(down, int) and down >= 1
-    assert isinstance(groups, int) and groups >= 1
-    assert x.shape[1] == w.shape[1] * groups and w.shape[0] % groups == 0, (x.shape, w.shape, groups)
-    out_ch, _, kh, kw = w.shape
-    fw, fh = _filter_size(f)
-    px0, px1, py0, py1 = _padding4(padding)
+    _check_operands(x, w, up, down, groups)
+    job = _Job(f, up, down, _full_padding(f, up, down, padding), groups, flip_weight, flip_filter)
+    strategy = _choose(job, w)
+    return strategy.run(x, w, job)
 
-    # Add the padding the filters themselves need so the output lands on the grid.
+
+def _check_operands(x, w, up, down, groups):
+    assert isinstance(x, torch.Tensor) and x.ndim == 4, 'x must be an NCHW tensor'
+    assert isinstance(w, torch.Tensor) and w.ndim == 4, 'w must be an [out, in/groups, kh, kw] tensor'
+    assert w.dtype == x.dtype, f'x and w differ in dtype: {x.dtype} vs {w.dtype}'
+    for name, value in (('up', up), ('down', down), ('groups', groups)):
+        assert isinstance(value, int) and value >= 1, f'{name} must be an int >= 1, got {value!r}'
+    assert x.shape[1] == groups * w.shape[1], f'{x.shape[1]} input channels vs w {tuple(w.shape)}, groups={groups}'
+    assert w.shape[0] % groups == 0, f'{w.shape[0]} output channels do not split into {groups} groups'
+
+
+def _full_padding(f, up, down, padding):
+    """Caller's padding plus the filter margins of each resampling that takes place."""
+    pad = list(upfirdn2d._parse_padding(padding))
     if up > 1:
-        px0 += (fw + up - 1) // 2
-        px1 += (fw - up) // 2
-        py0 += (fh + up - 1) // 2
-        py1 += (fh - up) // 2
+        pad = upfirdn2d._aligned(pad, f, up, 1)
     if down > 1:
-        px0 += (fw - down + 1) // 2
-        px1 += (fw - down) // 2
-        py0 += (fh - down + 1) // 2
-        py1 += (fh - down) // 2
-    pad = [px0, px1, py0, py1]
+        pad = upfirdn2d._aligned(pad, f, 1, down)
+    return pad
 
-    # 1x1 kernel: the conv is per pixel, so run it at the lower resolution.
-    if kw == 1 and kh == 1 and down > 1 and up == 1:
-        x = upfirdn2d.upfirdn2d(x, f, down=down, padding=pad, flip_filter=flip_filter)
-        return _conv(x, w, groups=groups, flip_weight=flip_weight)
-    if kw == 1 and kh == 1 and up > 1 and down == 1:
-        x = _conv(x, w, groups=groups, flip_weight=flip_weight)
-        return upfirdn2d.upfirdn2d(x, f, up=up, padding=pad, gain=up ** 2, flip_filter=flip_filter)
 
-    # Downsampling only: filter first, then the strided conv does the subsampling.
-    if down > 1 and up == 1:
-        x = upfirdn2d.upfirdn2d(x, f, padding=pad, flip_filter=flip_filter)
-        return _conv(x, w, stride=down, groups=groups, flip_weight=flip_weight)
+def _choose(job, w):
+    kh, kw = w.shape[2], w.shape[3]
+    for strategy in _STRATEGIES:
+        if strategy.applies(job, kh, kw):
+            return strategy
+    raise AssertionError('the last strategy applies to everything')
 
-    # Upsampling: the strided transposed conv is zero insertion + full convolution.
-    # Relative to that full result the reference wants (k-1-p0) fewer samples on
-    # the left and (k-up-p1) fewer on the right; the common part of those crops
-    # goes into the transposed conv's own padding, the rest into upfirdn2d.
-    if up > 1:
-        cx0, cx1 = kw - 1 - px0, kw - up - px1
-        cy0, cy1 = kh - 1 - py0, kh - up - py1
-        tx = max(min(cx0, cx1), 0)
-        ty = max(min(cy0, cy1), 0)
-        x = _conv(x, w, stride=up, padding=[ty, tx], groups=groups, transpose=True, flip_weight=flip_weight)
-        x = upfirdn2d.upfirdn2d(x, f, padding=[tx - cx0, tx - cx1, ty - cy0, ty - cy1],
-                                gain=up ** 2, flip_filter=flip_filter)
-        if down > 1:
-            x = upfirdn2d.upfirdn2d(x, f, down=down, flip_filter=flip_filter)
-        return x
 
-    # No resampling: a plain padded conv when torch can express the padding.
-    if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
-        return _conv(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
-    x = upfirdn2d.upfirdn2d(x, None, padding=pad, flip_filter=flip_filter)
-    return _conv(x, w, groups=groups, flip_weight=flip_weight)
+def _correlate(x, w, job, stride=1, padding=0):
+    """Forward conv in torch's (correlation) convention; a true convolution mirrors w."""
+    if not job.flip_weight:
+        w = w.flip([2, 3])
+    return conv2d_gradfix.conv2d(x, w, stride=stride, padding=padding, groups=job.groups)
+
+
+def _scatter(x, w, job, stride, padding):
+    """Transposed conv: zero-stuffing by `stride` followed by a full convolution with w.
+
+    A transposed conv applies its kernel mirrored relative to conv2d, so the taps are
+    flipped when the caller wants correlation. Its weight layout is [in, out/groups]
+    per group, hence the regrouping of w's two channel axes.
+    """
+    if job.flip_weight:
+        w = w.flip([2, 3])
+    g = job.groups
+    w = w.unflatten(0, (g, -1)).transpose(1, 2).flatten(0, 1)
+    return conv2d_gradfix.conv_transpose2d(x, w, stride=stride, padding=padding, groups=g)
+
+
+def _run_pointwise_down(x, w, job):
+    """1x1 kernel, downsampling: decimate first, then the per-pixel conv on the small image."""
+    x = upfirdn2d.upfirdn2d(x, job.f, down=job.down, padding=job.pad, flip_filter=job.flip_filter)
+    return _correlate(x, w, job)
+
+
+def _run_pointwise_up(x, w, job):
+    """1x1 kernel, upsampling: the per-pixel conv first, on the small image."""
+    x = _correlate(x, w, job)
+    return upfirdn2d.upfirdn2d(x, job.f, up=job.up, padding=job.pad, gain=job.up ** 2, flip_filter=job.flip_filter)
+
+
+def _run_filter_strided(x, w, job):
+    """Downsampling: low-pass at full size; the conv's stride does the decimation."""
+    x = upfirdn2d.upfirdn2d(x, job.f, padding=job.pad, flip_filter=job.flip_filter)
+    return _correlate(x, w, job, stride=job.down)
+
+
+def _crop_split(taps, up, before, after):
+    """Split the crop of one axis between the transposed conv and the filter pass.
+
+    Relative to a full transposed conv, the definition keeps `taps - 1 - before` fewer
+    samples at the start and `taps - up - after` fewer at the end. The conv's own padding
+    can only crop both ends equally, so it takes the common non-negative part; the rest
+    (negative meaning extra padding) goes to upfirdn2d. Returns (conv_pad, rest0, rest1).
+    """
+    drop0, drop1 = taps - 1 - before, taps - up - after
+    common = max(min(drop0, drop1), 0)
+    return common, common - drop0, common - drop1
+
+
+def _run_transposed(x, w, job):
+    """Upsampling (optionally followed by downsampling): strided transposed conv, then
+    the interpolation filter, then decimation."""
+    cx, rx0, rx1 = _crop_split(w.shape[3], job.up, job.pad[0], job.pad[1])
+    cy, ry0, ry1 = _crop_split(w.shape[2], job.up, job.pad[2], job.pad[3])
+    x = _scatter(x, w, job, stride=job.up, padding=[cy, cx])
+    x = upfirdn2d.upfirdn2d(x, job.f, padding=[rx0, rx1, ry0, ry1], gain=job.up ** 2, flip_filter=job.flip_filter)
+    if job.down > 1:
+        x = upfirdn2d.upfirdn2d(x, job.f, down=job.down, flip_filter=job.flip_filter)
+    return x
+
+
+def _run_padded_conv(x, w, job):
+    """No resampling and a padding torch's conv can express (same on both sides, >= 0)."""
+    x0, _, y0, _ = job.pad
+    return _correlate(x, w, job, padding=[y0, x0])
+
+
+def _run_pad_then_conv(x, w, job):
+    """No resampling, uneven or negative padding: pad/crop explicitly, then a valid conv."""
+    x = upfirdn2d.upfirdn2d(x, None, padding=job.pad, flip_filter=job.flip_filter)
+    return _correlate(x, w, job)
+
+
+def _torch_can_pad(pad):
+    x0, x1, y0, y1 = pad
+    return x0 == x1 and y0 == y1 and min(x0, y0) >= 0
+
+
+_STRATEGIES = (
+    _Strategy('pointwise_down', lambda j, kh, kw: kh == kw == 1 and j.up == 1 and j.down > 1, _run_pointwise_down),
+    _Strategy('pointwise_up', lambda j, kh, kw: kh == kw == 1 and j.down == 1 and j.up > 1, _run_pointwise_up),
+    _Strategy('filter_strided', lambda j, kh, kw: j.up == 1 and j.down > 1, _run_filter_strided),
+    _Strategy('transposed', lambda j, kh, kw: j.up > 1, _run_transposed),
+    _Strategy('padded_conv', lambda j, kh, kw: _torch_can_pad(j.pad), _run_padded_conv),
+    _Strategy('pad_then_conv', lambda j, kh, kw: True, _run_pad_then_conv),
+)
