@@ -1,0 +1,107 @@
+"""Evaluating kept snapshots in-process with the harness's metrics, as calc_metrics.py would."""
+import contextlib
+import copy
+import io
+import os
+import re
+
+from bench.comparison.common import CompareError, INCEPTION_FILE
+
+
+class Evaluator:
+    def __init__(self, cfg):
+        import numpy as np
+        import torch
+        self.np, self.torch = np, torch
+        self.cfg = cfg
+        device = cfg.device
+        if device == 'auto':
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        self.device = torch.device(device)
+        self._dataset_kwargs = {}
+
+    def dataset_kwargs(self, G, pkl_kwargs):
+        key = (G.img_resolution, G.c_dim)
+        if key not in self._dataset_kwargs:
+            import calc_metrics
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._dataset_kwargs[key] = calc_metrics._dataset_kwargs(
+                    self.cfg.eval_data, None, pkl_kwargs, G)
+        return copy.deepcopy(self._dataset_kwargs[key])
+
+    def __call__(self, pkl):
+        import legacy
+        from metrics import metric_main, metric_utils
+        with open(pkl, 'rb') as f:
+            data = legacy.load_network_pkl(f)
+        G = data['G_ema'] if data.get('G_ema') is not None else data['G']
+        kwargs = self.dataset_kwargs(G, data.get('training_set_kwargs'))
+        self.torch.manual_seed(0)
+        self.np.random.seed(0)
+        G = copy.deepcopy(G).eval().requires_grad_(False).to(self.device)
+        result = metric_main.calc_metric(metric=self.cfg.metric, G=G, dataset_kwargs=kwargs, num_gpus=1, rank=0,
+                                         device=self.device, progress=metric_utils.ProgressMonitor(verbose=False),
+                                         detector_dir=self.cfg.detector_dir)
+        with contextlib.redirect_stdout(io.StringIO()):
+            metric_main.report_metric(result, run_dir=os.path.dirname(pkl), snapshot_pkl=pkl)
+        return result
+
+
+def evaluated(cfg, snaps):
+    """The snapshots that get the metric: all, or all but the untrained tick-0 one with --skip-start."""
+    return [s for s in snaps if not (cfg.skip_start and s['tick'] == 0)]
+
+
+def primary_key(metric, results):
+    """The result a snapshot is ranked by: the metric's own key, else the first one
+    (FID for `fidkid*`: its results are {fid..., kid...})."""
+    for key in (metric, metric + '_mean'):
+        if key in results:
+            return key
+    return next(iter(results), None)
+
+
+def primary_value(metric, results):
+    return float(results[primary_key(metric, results)])
+
+
+def higher_is_better(metric, better):
+    if better != 'auto':
+        return better == 'higher'
+    return bool(re.match(r'^(is|pr)', metric))
+
+
+def metric_identity(cfg):
+    """What an evaluation depends on: metric, data compared against and detector files (by content)."""
+    from metrics import detectors, metric_main
+    try:
+        metric_main.validate_metrics([cfg.metric], check_files=False)
+        found = metric_main.check_detectors([cfg.metric], detector_dir=cfg.detector_dir)
+    except ValueError as err:
+        raise CompareError('--metric: {}'.format(err))
+    except detectors.AssetUnavailableError as err:
+        raise CompareError(str(err))
+    files = {name: dict(path=path, md5=detectors.detector_fingerprint(path)) for name, path in found.items()}
+    key = '{}|{}|{}'.format(cfg.metric, cfg.eval_data,
+                            ','.join('{}={}'.format(k, v['md5'][:12]) for k, v in sorted(files.items())))
+    return key, files
+
+
+def stage_detector(outdir, detector, detector_dir):
+    """--detector=FILE: a folder where FILE stands for the Inception detector, searched first."""
+    path = os.path.abspath(os.path.expanduser(detector))
+    if not os.path.isfile(path):
+        raise CompareError('--detector: {} is not a file'.format(detector))
+    folder = os.path.join(outdir, 'detector')
+    os.makedirs(folder, exist_ok=True)
+    link = os.path.join(folder, INCEPTION_FILE)
+    if os.path.islink(link) or os.path.exists(link):
+        if os.path.realpath(link) != os.path.realpath(path):
+            os.remove(link)
+    if not os.path.exists(link):
+        try:
+            os.symlink(path, link)
+        except OSError:
+            import shutil
+            shutil.copy2(path, link)
+    return folder + (os.pathsep + detector_dir if detector_dir else '')

@@ -1,0 +1,117 @@
+"""One comparison from start to end: check settings, train what is missing, evaluate, write results."""
+import json
+import os
+import shlex
+import time
+
+from bench.comparison.common import CompareError, RunFailed, say
+from bench.comparison.evaluation import Evaluator, evaluated, metric_identity, primary_value
+from bench.comparison.grid import run_key
+from bench.comparison.results import fmt, write_outputs
+from bench.comparison.runner import State, dry_run, outdir_lock, run_spec, train_command, train_run
+
+
+def _interrupt(signum, frame):
+    del frame
+    raise KeyboardInterrupt('signal {}'.format(signum))
+
+
+def compare(cfg, command):
+    os.makedirs(cfg.outdir, exist_ok=True)
+    with outdir_lock(cfg.outdir):
+        return _compare_locked(cfg, command)
+
+
+def _check_settings(cfg, state, grid):
+    """An existing outdir keeps the settings it trained with; dry-run the flags of what is left to train."""
+    for method, seed in grid:
+        entry = state.runs.get(run_key(method, seed))
+        spec = run_spec(cfg, method, seed)
+        if entry is not None and entry.get('spec') != spec:
+            raise CompareError('{} already holds {} seed {} trained with other settings:\n  was: {}\n  now: {}\n'
+                               'use another --outdir (or the same settings)'.format(
+                                   cfg.outdir, method, seed, json.dumps(entry.get('spec')), json.dumps(spec)))
+    todo = [(m, s) for m, s in grid if state.runs.get(run_key(m, s), {}).get('status') not in ('finished', 'trained')]
+    for method in dict.fromkeys(m for m, _ in todo):
+        say('[compare] checking the flags of {} (train.py --dry-run)'.format(method))
+        dry_run(cfg, method)
+
+
+def _train(cfg, state, entry, method, seed, label, head):
+    """Train one run to its budget; False when train.py failed (recorded in the state)."""
+    start = time.time()
+    say('{}: start'.format(head))
+    entry['status'] = 'training'
+    entry.pop('error', None)
+    state.save()
+    try:
+        snaps, final, segments = train_run(cfg, method, seed, label, cfg.run_dir(method, seed, 'train.log'))
+    except RunFailed as err:
+        entry['status'] = 'failed'
+        entry['error'] = str(err)
+        state.save()
+        say('{}: FAILED: {}'.format(head, err))
+        return False
+    entry['snapshots'] = snaps[:final + 1]
+    entry['sessions'] = [os.path.relpath(seg.path, cfg.outdir) for seg in segments if seg.ticks]
+    entry['train_command'] = ' '.join(shlex.quote(a) for a in train_command(cfg, method, seed))
+    entry['status'] = 'trained'
+    state.save()
+    final_snap = entry['snapshots'][-1]
+    say('{}: trained to kimg {:.3f} in {:.1f} s of training ({} snapshots; {:.1f} s here)'.format(
+        head, final_snap['kimg'], final_snap['seconds'], len(entry['snapshots']), time.time() - start))
+    return True
+
+
+def _evaluate(cfg, state, entry, evals, evaluator, method, seed, label):
+    snap_dir = cfg.run_dir(method, seed, 'snapshots')
+    for snap in evaluated(cfg, entry['snapshots']):
+        if snap['name'] in evals:
+            continue
+        result = evaluator(os.path.join(snap_dir, snap['name']))
+        value = primary_value(cfg.metric, result.results)
+        evals[snap['name']] = dict(value=value, results=dict(result.results), seconds=result.total_time)
+        state.save()
+        say('  [{}] {} at tick {} kimg {:.3f}: {:.6g} ({:.1f} s)'.format(
+            label, cfg.metric, snap['tick'], snap['kimg'], value, result.total_time))
+
+
+def _compare_locked(cfg, command):
+    state = State(os.path.join(cfg.outdir, 'state.json'))
+    metric_key, detector_files = metric_identity(cfg)
+    grid = [(m, s) for m in cfg.methods for s in cfg.seeds]
+    _check_settings(cfg, state, grid)
+
+    evaluator = None
+    failures = []
+    for number, (method, seed) in enumerate(grid, 1):
+        key = run_key(method, seed)
+        label = '{} seed {}'.format(method, seed)
+        head = '[compare] run {}/{} {}'.format(number, len(grid), label)
+        entry = state.runs.setdefault(key, dict(method=method, seed=seed, spec=run_spec(cfg, method, seed),
+                                                status='pending', evals={}))
+        evals = entry.setdefault('evals', {}).setdefault(metric_key, {})
+        if entry['status'] == 'finished' and all(s['name'] in evals for s in evaluated(cfg, entry['snapshots'])):
+            say('{}: finished earlier; skipped'.format(head))
+            continue
+        if entry['status'] not in ('trained', 'finished') and not _train(cfg, state, entry, method, seed, label,
+                                                                            head):
+            failures.append(label)
+            continue
+        evaluator = evaluator or Evaluator(cfg)
+        _evaluate(cfg, state, entry, evals, evaluator, method, seed, label)
+        entry['status'] = 'finished'
+        state.save()
+        results = write_outputs(cfg, state, metric_key, detector_files, command)
+        run = next(r for r in results['runs'] if r['method'] == method and r['seed'] == seed)
+        say('{}: done; best {} at kimg {:.3f}, final {}'.format(
+            head, fmt(run['best']['value']), run['best']['kimg'], fmt(run['final']['value'])))
+
+    results = write_outputs(cfg, state, metric_key, detector_files, command)
+    say('[compare] wrote {}, {} and {}'.format(
+        os.path.join(cfg.outdir, 'results.json'), os.path.join(cfg.outdir, 'results.md'),
+        ', '.join(os.path.join(cfg.outdir, p['file']) for p in results['plots']) or 'no plots'))
+    if failures:
+        raise CompareError('{} run(s) failed: {}; see their train.log; re-run the same command to retry'.format(
+            len(failures), ', '.join(failures)))
+    return results
