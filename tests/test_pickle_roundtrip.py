@@ -2,6 +2,8 @@
 imported, with bit-identical output), in upstream's persistence format, and
 read back by legacy.load_network_pkl, including TensorFlow-era pickles."""
 import inspect
+import os
+import subprocess
 import io
 import pickle
 import sys
@@ -298,3 +300,40 @@ def test_tf_pickle_missing_variable_is_named(tmp_path, monkeypatch):
     with open(path, 'rb') as f:
         with pytest.raises(pickle.UnpicklingError, match='16x16/Conv0_up/weight'):
             legacy.load_network_pkl(f)
+
+
+def test_pickle_loads_outside_the_tree(tmp_path, one_thread):
+    """The README's promise for a user's own script: with the project installed
+    (`pip install -e .`, as `make venv` does), a plain `pickle.load` works from
+    any folder, with no PYTHONPATH and no checkout on sys.path. The pickle holds
+    what upstream's snapshots hold, EasyDict included."""
+    from training import augment
+    torch.manual_seed(0)
+    G = randomise(tiny_G(), 3).eval().requires_grad_(False)
+    D = randomise(tiny_D(), 4).eval().requires_grad_(False)
+    pipe = augment.AugmentPipe(xflip=1, rotate90=1)
+    snapshot = dict(G=G, D=D, G_ema=G, augment_pipe=pipe,
+                    training_set_kwargs=dnnlib.EasyDict(path='data.zip', resolution=32))
+    with open(tmp_path / 'net.pkl', 'wb') as f:
+        pickle.dump(snapshot, f)
+    z = torch.randn(2, G.z_dim)
+    torch.save(z, tmp_path / 'z.pt')
+    expected = G(z, None, noise_mode='const')
+    script = tmp_path / 'user_script.py'
+    script.write_text(
+        'import pickle, torch\n'
+        'torch.set_num_threads(1)\n'
+        'with open("net.pkl", "rb") as f:\n'
+        '    data = pickle.load(f)\n'
+        'img = data["G_ema"](torch.load("z.pt"), None, noise_mode="const")\n'
+        'torch.save(img, "img_child.pt")\n'
+        'print(type(data["training_set_kwargs"]).__name__, data["D"](img, None).shape[1])\n')
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    env['OMP_NUM_THREADS'] = '1'
+    # -I: isolated mode, so neither PYTHONPATH nor the script's folder helps.
+    proc = subprocess.run([sys.executable, '-I', str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, ('a user script outside the checkout could not load the pickle; is the project '
+                                  'installed with torch_utils and dnnlib?\n' + proc.stderr[-2000:])
+    assert proc.stdout.split() == ['EasyDict', '1']
+    assert torch.equal(torch.load(tmp_path / 'img_child.pt'), expected)
