@@ -370,19 +370,13 @@ def test_conflicts_refused(tmp_path, data32, args, phrases):
 
 
 def test_metrics_suite_check(tmp_path, data32):
-    try:
-        suite = importlib.util.find_spec('metrics.metric_main') is not None
-    except ModuleNotFoundError:
-        suite = False
-    if not suite:
-        result = invoke('--outdir', tmp_path, '--data', data32, '-n')  # default fid50k_full
-        assert_clean_error(result, 'the metrics suite is not installed in this tree yet; use --metrics=none')
-    else:  # the suite has landed: unknown names are refused
-        result = invoke('--outdir', tmp_path, '--data', data32, '-n', '--metrics=nope_metric')
-        assert_clean_error(result, 'nope_metric')
-        result = invoke('--outdir', tmp_path, '--data', data32, '-n', '--device=cpu')
-        assert result.exit_code == 0, result.output
-        assert '"fid50k_full"' in result.output  # upstream's default metric
+    """The metrics suite is part of the tree: unknown names are refused, the default is upstream's."""
+    assert importlib.util.find_spec('metrics.metric_main') is not None
+    result = invoke('--outdir', tmp_path, '--data', data32, '-n', '--metrics=nope_metric')
+    assert_clean_error(result, 'nope_metric')
+    result = invoke('--outdir', tmp_path, '--data', data32, '-n', '--device=cpu')
+    assert result.exit_code == 0, result.output
+    assert '"fid50k_full"' in result.output  # upstream's default metric
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on machines without CUDA')
@@ -441,16 +435,7 @@ def test_run_dir_race(tmp_path):
 # A real run
 
 
-def _loop_available():
-    try:
-        import training.training_loop  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _loop_available(), reason='training/training_loop.py has not landed yet')
 def test_tiny_training_run(tmp_path):
     env = dict(os.environ, DNNLIB_CACHE_DIR=str(tmp_path / 'cache'), OMP_NUM_THREADS='1')
     cmd = [sys.executable, 'train.py', '--outdir', str(tmp_path / 'runs'), '--data=builtin:shapes-16',
@@ -489,7 +474,6 @@ registry.register('cfg', 'thirdparty.tiny', dict(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _loop_available(), reason='training/training_loop.py has not landed yet')
 def test_two_process_run_with_third_party_preset(tmp_path):
     """--gpus=2 on the CPU (gloo, spawned ranks), with a cfg registered by a module named in
     $KDGAN_PLUGINS: usable by name without touching the harness; rank 0 alone writes files."""
