@@ -85,8 +85,19 @@ def differences(expected, actual, tol):
     return out
 
 
+@pytest.fixture()
+def empty_stat_totals(monkeypatch):
+    """A Collector's mean is the difference of two process-wide float64 running totals,
+    so a tiny loss (R1 at 5e-9) reported after larger values of the same name earlier in
+    the process keeps only ~7 significant digits. The goldens were recorded from empty
+    totals; under xdist another test may have reported first. Same digits with the code
+    before the rewrite, so this isolates the case, it does not loosen it."""
+    from torch_utils import training_stats
+    monkeypatch.setattr(training_stats, '_totals', {})
+
+
 @pytest.mark.parametrize('name', list(golden_cases.CASES))
-def test_golden(name):
+def test_golden(name, empty_stat_totals):
     fn, tol = golden_cases.CASES[name]
     expected = load_golden(name)
     actual = golden_cases.run_case(name)
