@@ -154,6 +154,50 @@ def test_rerun_skips_the_finished_run_and_resumes_the_other(grid):
         assert 'Resuming exactly from' in f.read()
 
 
+def test_resumed_run_equals_an_uninterrupted_one(grid):
+    """The killed-and-resumed run ends bit for bit where train.py, run once with the same
+    command and never stopped, ends: networks, optimisers, random streams, data position."""
+    import pickle
+    import shlex
+    run = grid['results']['runs'][1]
+    assert run['method'] == 'stylegan2+noaug' and len(run['sessions']) == 2
+    straight = grid['base'] / 'straight'
+    cmd = [a for a in shlex.split(run['train_command']) if not a.startswith('--outdir=')]
+    res = subprocess.run(cmd + ['--outdir=' + str(straight)], cwd=ROOT, env=grid['env'], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stdout[-3000:]
+    (session,) = os.listdir(straight)
+    folder = run_folder(grid['outdir'], METHODS[1])
+    last = sorted(os.listdir(os.path.join(folder, 'train')))[-1]
+
+    def differences(a, b, where):
+        if isinstance(a, torch.Tensor):
+            if isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b):
+                return []
+            return ['{}: max |diff| {}'.format(where, (a.double() - b.double()).abs().max().item()
+                                               if a.shape == getattr(b, 'shape', None) else 'shape')]
+        if isinstance(a, dict):
+            if set(a) != set(b):
+                return ['{}: keys differ'.format(where)]
+            return [d for k in a for d in differences(a[k], b[k], '{}.{}'.format(where, k))]
+        if isinstance(a, (list, tuple)) and len(a) == len(b):
+            return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, '{}[{}]'.format(where, i))]
+        return [] if a == b else ['{}: {!r} vs {!r}'.format(where, a, b)]
+
+    with open(os.path.join(folder, 'snapshots', run['snapshots'][-1]['name']), 'rb') as f:
+        resumed = pickle.load(f)
+    with open(straight / session / 'network-snapshot-000000.pkl', 'rb') as f:
+        uninterrupted = pickle.load(f)
+    for key in ('G', 'D', 'G_ema'):
+        assert differences(resumed[key].state_dict(), uninterrupted[key].state_dict(), key) == []
+    ckpts = [torch.load(os.path.join(where, 'network-snapshot-000000.ckpt.pt'), map_location='cpu',
+                        weights_only=True) for where in (os.path.join(folder, 'train', last), straight / session)]
+    for ckpt in ckpts:
+        assert ckpt['progress']['cur_nimg'] == 128
+        del ckpt['progress']['elapsed_sec']
+    assert differences(ckpts[0], ckpts[1], 'ckpt') == []
+
+
 def _stats(session_dir):
     with open(os.path.join(session_dir, 'stats.jsonl'), encoding='utf-8') as f:
         lines = [json.loads(line) for line in f if line.strip()]
