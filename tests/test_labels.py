@@ -4,6 +4,7 @@ set's own class frequencies). Each test fails if labels are dropped or zeroed.""
 import json
 import os
 import pickle
+import types
 
 import numpy as np
 import PIL.Image
@@ -120,3 +121,27 @@ def test_metrics_feed_G_the_datasets_label_mix(tmp_path, monkeypatch):
     np.testing.assert_array_equal(labels.sum(axis=1), 1)   # one-hot: no zero labels
     freq = labels.mean(axis=0)
     np.testing.assert_allclose(freq, counts / counts.sum(), atol=0.04)
+
+
+def _draw_training_labels(ds, phases=8, batch=64):
+    """The labels the training loop hands G over one minibatch: every phase's rows, this
+    rank being the only one (training_loop._draw_minibatch with a minimal run)."""
+    from training import training_loop
+    cfg = types.SimpleNamespace(batch_size=batch, batch_gpu=batch // 2, rank=0, num_gpus=1)
+    reals = (torch.zeros([batch, 3, 8, 8], dtype=torch.uint8), torch.zeros([batch, NUM_CLASSES]))
+    run = types.SimpleNamespace(cfg=cfg, batches=iter([reals]), device=torch.device('cpu'),
+                                phases=[None] * phases, training_set=ds)
+    state = types.SimpleNamespace(G=types.SimpleNamespace(z_dim=4), latent_gen=torch.Generator().manual_seed(0))
+    _, latents = training_loop._draw_minibatch(run, state)
+    return torch.cat([torch.cat(labels) for _, labels in latents]).numpy()
+
+
+def test_training_loop_feeds_G_the_datasets_label_mix(tmp_path):
+    from training import dataset
+    counts = np.array([12, 5, 2, 1])
+    ds = dataset.ImageFolderDataset(path=_label_folder(tmp_path / 'data', counts), use_labels=True)
+    labels = _draw_training_labels(ds)
+    assert labels.shape == (8 * 64, NUM_CLASSES)
+    np.testing.assert_array_equal(labels.sum(axis=1), 1)   # one-hot: no zero labels
+    # 512 draws: the standard error of a frequency is at most 0.022.
+    np.testing.assert_allclose(labels.mean(axis=0), counts / counts.sum(), atol=0.07)
