@@ -22,6 +22,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         pass
 
 
+@pytest.fixture
+def clean_registry():
+    """kdgan_plugins.registry, restored after the test: presets a test registers never
+    leak into the next one."""
+    import copy
+    from kdgan_plugins import registry
+    saved = copy.deepcopy(registry._registry)
+    yield registry
+    registry._registry.clear()
+    registry._registry.update(saved)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip `cuda` tests cleanly on machines without a CUDA device."""
     try:

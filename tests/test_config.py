@@ -2,7 +2,6 @@
 precedence of the module docstring, errors that name their option, and
 train.py as a thin shell around them (same answers, short functions)."""
 import ast
-import copy
 import dataclasses
 import os
 import subprocess
@@ -29,13 +28,6 @@ def data16(tmp_path_factory):
         PIL.Image.fromarray(rng.randint(0, 256, size=(16, 16, 3), dtype=np.uint8)).save(folder / f'{i}.png')
     return str(folder)
 
-
-@pytest.fixture
-def clean_registry():
-    saved = copy.deepcopy(registry._registry)
-    yield registry
-    registry._registry.clear()
-    registry._registry.update(saved)
 
 
 def flags(data, **kwargs):

@@ -1,6 +1,5 @@
 """kdgan_plugins.registry: presets as data, register/lookup/names, and the one
 patching rule (deep merge; a new class_name or `replace` starts a section over)."""
-import copy
 import json
 import sys
 
@@ -8,14 +7,6 @@ import pytest
 
 from kdgan_plugins import registry
 
-
-@pytest.fixture
-def clean_registry():
-    """Snapshot the registry and restore it, so tests never leak presets."""
-    saved = copy.deepcopy(registry._registry)
-    yield registry
-    registry._registry.clear()
-    registry._registry.update(saved)
 
 
 def test_register_lookup_names(clean_registry):

@@ -2,7 +2,6 @@
 formulas), plug-in presets resolve through kdgan_plugins.registry, conflicting
 options are refused with clear messages, run folders are never reused, and a
 tiny real run leaves a complete run folder."""
-import copy
 import importlib.util
 import json
 import os
@@ -57,13 +56,6 @@ def data32_labels(tmp_path_factory):
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
 
-
-@pytest.fixture
-def clean_registry():
-    saved = copy.deepcopy(registry._registry)
-    yield registry
-    registry._registry.clear()
-    registry._registry.update(saved)
 
 
 def table_values(opts):

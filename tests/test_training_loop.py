@@ -13,6 +13,7 @@ import torch
 
 import dnnlib
 from helpers import fake_features, frechet_distance, pixel_features
+from learning_bars import images_of, learning_verdict
 from training import checkpoint, dataset, shapes, training_loop
 
 E = dnnlib.EasyDict
@@ -80,7 +81,6 @@ def test_learns_shapes(shapes_path, tmp_path, capsys):
     margin, FD <= 0.75 x the best of them, and spread its samples like the reals.
     Measured (pixel FD): untrained 297, mean image 16.8, one real >= 22, grey 60, real half 6.4;
     trained 16.1 after 0.5 kimg (no better than the mean image), 11.0 after 1 kimg, spread 0.93."""
-    from learning_bars import images_of, learning_verdict
     kw = make_kwargs(shapes_path, total_kimg=1.0, kimg_per_tick=0.5, image_snapshot_ticks=100,
                      network_snapshot_ticks=100)
     run_dir = str(tmp_path / 'run')

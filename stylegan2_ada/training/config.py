@@ -561,6 +561,11 @@ class AugChoice:
         return self.ada_target is not None
 
 
+def _check_probability(value, flag):
+    if not 0 <= value <= 1:
+        raise BadValue('must be between 0 and 1', flag)
+
+
 def _aug_choice(flags, names):
     """Start values for --aug, then --p, --target, --ada-kimg and --augpipe checked against it."""
     aug, plugin = names.aug, names.is_plugin('aug')
@@ -578,14 +583,12 @@ def _aug_choice(flags, names):
     if flags.p is not None:
         if aug != 'fixed' and not (plugin and 'p' in preset_defaults):
             raise Conflict(f'--p sets the probability of --aug=fixed; it does not apply to --aug={aug}')
-        if not 0 <= flags.p <= 1:
-            raise BadValue('must be between 0 and 1', '--p')
+        _check_probability(flags.p, '--p')
         choice.augment_p = flags.p
     if flags.target is not None:
         if not choice.adaptive:
             raise Conflict(f'--target sets the ADA target; it needs --aug=ada (got --aug={aug})')
-        if not 0 <= flags.target <= 1:
-            raise BadValue('must be between 0 and 1', '--target')
+        _check_probability(flags.target, '--target')
         choice.ada_target = flags.target
     if flags.ada_kimg is not None:
         if not choice.adaptive:
