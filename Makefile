@@ -8,7 +8,7 @@ BUDGET ?= cpu
 # Test processes: one per core is fastest here (each test process runs one thread).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: test test-gpu demo bench reproduce-fmnist venv clean
+.PHONY: test test-gpu demo bench faults reproduce-fmnist venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-gpu: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_networks.py
+
+# 20 SIGKILLs of a small CPU run, each resumed from its outdir; appends the figures to docs/benchmarks.md.
+faults: $(STAMP)
+	$(PY) bench/faults.py --kills=20 --outdir=runs/faults --report=docs/benchmarks.md
 
 reproduce-fmnist: $(STAMP)
 	$(PY) bench/compare.py --outdir=runs/fmnist-$(BUDGET) --budget=$(BUDGET)

@@ -1,4 +1,5 @@
-"""Time one full training iteration of FastGAN and of StyleGAN2 paper256, in one run.
+"""Time one full training iteration of FastGAN against StyleGAN2 paper256, or against FastGAN
+with the previous settings (--versus=previous), in one run.
 
 An iteration is what training_loop.py does for one minibatch: every phase
 (G: Gmain/Gboth, D: Dmain/Dboth, plus the lazy regularisation phases Greg and
@@ -17,6 +18,14 @@ ADA p update (a few scalar operations every 4 minibatches) are not timed.
     python bench/bench_iteration.py                              # 256x256, batch 8, device auto
     python bench/bench_iteration.py --iters=3 --warmup=1 --json=bench.jsonl
     python bench/bench_iteration.py --device=cuda --bf16 --channels-last
+    python bench/bench_iteration.py --versus=previous --flops     # FastGAN: new defaults vs previous
+
+`--versus=previous` compares FastGAN under the cfg's defaults with FastGAN as
+it was built before issue 14: --precision=fp32 (no autocast, reference
+up-convolutions), --fake-reuse=0 (G's phase first, each phase its own fakes)
+and the official decoder widths whatever --ndf is. `--flops` counts the
+floating-point operations of one extra, untimed iteration of each setup
+(torch.utils.flop_counter: convolutions and matrix products, forward and backward).
 
 On a shared CPU the two setups are timed alternately (one iteration of each in
 turn), so that a change of load affects both; on CUDA they run one after the
@@ -94,7 +103,7 @@ def _sync(device):
 class Setup:
     """One `train.py` configuration, built the way training_loop builds it."""
 
-    def __init__(self, name, flags, data, batch, device, aug_p=None):
+    def __init__(self, name, flags, data, batch, device, aug_p=None, overrides=None):
         self.name = name
         self.flags = dict(flags)
         self.device = device
@@ -104,6 +113,9 @@ class Setup:
             data=data, batch=batch, metrics=[], device=device.type, workers=0, **self.flags)
         if cleanup is not None:
             cleanup.cleanup()
+        for where, value in (overrides or {}).items():   # 'section.key' -> value, after resolution
+            section, key = where.split('.', 1)
+            args[section][key] = value
         self.desc = desc
         self.args = args
         self.resolved = resolved
@@ -171,6 +183,8 @@ class Setup:
                 opt = dnnlib.util.construct_class_by_name(module.parameters(), **opt_kwargs)
                 self.phases.append(dnnlib.EasyDict(name=name + 'main', module=module, opt=opt, interval=1))
                 self.phases.append(dnnlib.EasyDict(name=name + 'reg', module=module, opt=opt, interval=interval))
+        if getattr(self.loss, 'D_first', False):   # as the loop orders them (fake reuse: D's phases first)
+            self.phases = [p for p in self.phases if p.name[0] == 'D'] + [p for p in self.phases if p.name[0] == 'G']
         self.times = {phase.name: [] for phase in self.phases}
 
         # One minibatch of real images from the data set, as the loop feeds them.
@@ -217,6 +231,14 @@ class Setup:
             for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
                 b_ema.copy_(b)
 
+    def count_flops(self, bf16=False):
+        """Floating-point operations of one (untimed) iteration, in GFLOP."""
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as counter:
+            self.iteration(bf16=bf16, record=False)
+        self.gflop = counter.get_total_flops() / 1e9
+        return self.gflop
+
     def iteration(self, bf16=False, record=True, verbose=False):
         """Every phase once (regularisation phases too: they are amortised in `summary`), then EMA."""
         took = {}
@@ -259,7 +281,11 @@ class Setup:
                     augment=(self.args.augment_kwargs or {}).get('class_name') if self.augment_pipe is not None
                     else None, augment_p=self.aug_p, params=self.params, phases=phases, ema_sec=ema,
                     main_sec=main, reg_amortised_sec=reg, sec_per_iter=total, it_per_sec=1.0 / total,
-                    timed_iters=len(self.ema_times), peak_mem_gb=self.peak_mem_gb)
+                    timed_iters=len(self.ema_times), peak_mem_gb=self.peak_mem_gb,
+                    gflop_per_iter=getattr(self, 'gflop', None),
+                    precision=getattr(self.loss, 'precision', None) if self.built else None,
+                    fake_reuse=getattr(self.loss, 'fake_reuse', None) if self.built else None,
+                    phase_order=[p.name for p in self.phases] if self.built else None)
 
 
 
@@ -297,13 +323,18 @@ def _fmt_phases(s):
 @click.option('--channels-last', help='channels_last networks and images (a CUDA option)', is_flag=True)
 @click.option('--order', help='interleave (one iteration of each in turn) or sequential [default: interleave on '
               'the CPU, sequential on CUDA]', type=click.Choice(['auto', 'interleave', 'sequential']), default='auto')
+@click.option('--versus', help='What FastGAN is timed against [default: stylegan2]: StyleGAN2 (--sg2-*), or '
+              'FastGAN with the settings before issue 14 (fp32, reference up-convolutions, no fake reuse, official '
+              'decoder widths)', type=click.Choice(['stylegan2', 'previous']), default='stylegan2')
+@click.option('--flops', 'count_flops', help='Also count the GFLOP of one untimed iteration of each setup',
+              is_flag=True)
 @click.option('--seed', help='Random seed [default: 0]', type=int, default=0)
 @click.option('--verbose', '-v', help='Print the phase times of every iteration as it ends', is_flag=True)
 @click.option('--json', 'json_path', help='Append the result as one JSON line to this file', metavar='PATH')
 def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbase, cmax, ngf, ndf, bf16,
-         channels_last, order, seed, verbose, json_path):
-    """Seconds per training iteration of FastGAN vs StyleGAN2 (paper256) at the same batch and
-    resolution, and their ratio (StyleGAN2 / FastGAN)."""
+         channels_last, order, versus, count_flops, seed, verbose, json_path):
+    """Seconds per training iteration of FastGAN vs StyleGAN2 (paper256), or vs FastGAN's previous
+    settings, at the same batch and resolution, and their ratio (other / FastGAN)."""
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda' and not torch.cuda.is_available():
@@ -329,10 +360,15 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
     data = f'builtin:shapes-{res}'
     fg_flags = dict(cfg='fastgan', aug='diffaug', recon=recon)
     fg_flags.update({k: v for k, v in dict(ngf=ngf, ndf=ndf).items() if v is not None})
-    sg_flags = dict(cfg=sg2_cfg, aug=sg2_aug)
-    sg_flags.update({k: v for k, v in dict(cbase=cbase, cmax=cmax).items() if v is not None})
-    setups = [Setup('fastgan', fg_flags, data, batch, dev),
-              Setup('stylegan2', sg_flags, data, batch, dev, aug_p=(sg2_p if sg2_aug == 'ada' else None))]
+    if versus == 'previous':
+        setups = [Setup('fastgan', fg_flags, data, batch, dev),
+                  Setup('previous', dict(fg_flags, precision='fp32', fake_reuse=False), data, batch, dev,
+                        overrides={'D_kwargs.decoder_widths': 'fixed'})]
+    else:
+        sg_flags = dict(cfg=sg2_cfg, aug=sg2_aug)
+        sg_flags.update({k: v for k, v in dict(cbase=cbase, cmax=cmax).items() if v is not None})
+        setups = [Setup('fastgan', fg_flags, data, batch, dev),
+                  Setup('stylegan2', sg_flags, data, batch, dev, aug_p=(sg2_p if sg2_aug == 'ada' else None))]
 
     print(f'Machine: {info["cpu"]}, {info["cores"]} cores' + (f', GPU {info["gpu"]}' if 'gpu' in info else ''))
     print(f'Date: {info["date"]}; torch {info["torch"]} ({info["torch_threads"]} threads, '
@@ -348,7 +384,10 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
         s.build(channels_last=channels_last, seed=seed)
         print(s.describe())
         print(f'    params G {s.params["G"]:,}, D {s.params["D"]:,}; phases '
-              + ', '.join(f'{p.name} (every {p.interval})' for p in s.phases))
+              + ', '.join(f'{p.name} (every {p.interval})' for p in s.phases)
+              + f'; precision {getattr(s.loss, "precision", "fp32")}')
+        if count_flops:
+            print(f'    {s.count_flops(bf16=bf16):.2f} GFLOP per iteration', flush=True)
 
     def measure(s, n, record):
         try:
@@ -386,17 +425,20 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
     info['load_avg_after'] = [round(x, 2) for x in os.getloadavg()]
     fg, sg = setups[0].result, setups[1].result
     ratio = sg['sec_per_iter'] / fg['sec_per_iter']
+    other = f'StyleGAN2 {sg2_cfg}' if versus == 'stylegan2' else 'FastGAN previous settings' 
     print()
     for r in (fg, sg):
         mem = f', peak memory {r["peak_mem_gb"]:.2f} GB' if r['peak_mem_gb'] is not None else ''
-        print(f'{r["name"]:<10s} sec/iter {r["sec_per_iter"]:.4f}  it/s {r["it_per_sec"]:.4f}{mem}  '
+        flop = f', {r["gflop_per_iter"]:.2f} GFLOP' if r['gflop_per_iter'] is not None else ''
+        print(f'{r["name"]:<10s} sec/iter {r["sec_per_iter"]:.4f}  it/s {r["it_per_sec"]:.4f}{mem}{flop}  '
               f'(main {r["main_sec"]:.4f}, reg amortised {r["reg_amortised_sec"]:.4f}; {_fmt_phases(r)})')
-    print(f'ratio      {ratio:.4f}  (StyleGAN2 {sg2_cfg} sec/iter / FastGAN sec/iter)')
+    print(f'ratio      {ratio:.4f}  ({other} sec/iter / FastGAN sec/iter)')
     print(f'Load average after: {info["load_avg_after"]}')
 
     if json_path:
         record = dict(bench='bench_iteration', **info, res=res, batch=batch, warmup=warmup, iters=iters, order=order,
-                      bf16=bf16, channels_last=channels_last, fastgan=fg, stylegan2=sg, ratio=ratio)
+                      bf16=bf16, channels_last=channels_last, versus=versus, fastgan=fg, ratio=ratio)
+        record['stylegan2' if versus == 'stylegan2' else 'previous'] = sg
         with open(json_path, 'a', encoding='utf-8') as f:
             f.write(json.dumps(record) + '\n')
         print(f'Appended to {json_path}')

@@ -68,9 +68,17 @@ The metric is any name `metrics.metric_main` knows (fid5k_full, kid1k_full,
 fid64_full, ...), computed in-process exactly as calc_metrics.py does (same
 seeding), with detectors from --detector-dir / $KDGAN_DETECTOR_DIR / the
 cache. `--detector=FILE` evaluates FID/KID/IS in the feature space of another
-network with NVIDIA's detector call signature (e.g. the Fashion-MNIST
-evaluator, bench/fmnist/evaluator.py); `--metric-module=MOD` imports a module
-that registers further metrics with `metric_main.register_metric`.
+network: any TorchScript file called as `det(images, return_features=True)`
+-> [N, D] (`metrics.detectors.FEATURE_SIGNATURE`; e.g. the Fashion-MNIST
+evaluator, bench/fmnist/evaluator.py), tried on two images before anything
+runs; `--metric-module=MOD` imports a module that registers further metrics
+with `metric_main.register_metric`.
+
+Preflight, before the first run: every method's flags (train.py --dry-run)
+and every file its loss needs (the VGG16 of FastGAN's --recon=lpips, the KD
+teacher's weights), looked for as train.py will (--detector-dir is passed to
+the runs as $KDGAN_DETECTOR_DIR). A run that never started (no tick logged)
+does not tie the outdir to its settings: change them and run again.
 """
 import os
 import shlex
@@ -126,8 +134,8 @@ def _list_methods(ctx, param, value):
               type=click.Choice(['auto', 'lower', 'higher']), default='auto')
 @click.option('--detector-dir', help='Folder(s) holding detector files [default: $KDGAN_DETECTOR_DIR, the cache]',
               metavar='DIR')
-@click.option('--detector', help='A TorchScript feature network with NVIDIA\'s detector signature to use '
-              'instead of Inception for FID/KID/IS', metavar='FILE')
+@click.option('--detector', help='Another feature network for FID/KID/IS instead of Inception: a TorchScript '
+              'file called as det(images, return_features=True) (README, "Evaluating offline")', metavar='FILE')
 @click.option('--metric-module', help='Module(s) to import that register more metrics (comma list)',
               metavar='MOD')
 @click.option('--skip-start', help="Don't evaluate the tick-0 snapshot (the untrained networks): with "
@@ -195,7 +203,7 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
         detector_dir = os.pathsep.join(os.path.abspath(os.path.expanduser(d)) for d in detector_dir.split(os.pathsep))
     if given['detector'] is not None:
         os.makedirs(outdir, exist_ok=True)
-        detector_dir = stage_detector(outdir, given['detector'], detector_dir)
+        detector_dir = stage_detector(outdir, given['detector'], detector_dir, given['metric'])
     cfg = Config(outdir=outdir, data=given['data'], eval_data=given['eval_data'] or given['data'],
                  methods=apply_extra_for(parse_methods(methods if isinstance(methods, list) else [methods]),
                                          extra_for_flags),

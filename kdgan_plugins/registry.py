@@ -21,7 +21,10 @@ G_kwargs, D_kwargs, G_opt_kwargs, D_opt_kwargs, loss_kwargs, augment_kwargs
 defaults        hyper-parameter defaults, keyed like the cfg table:
                 batch, kimg, mbstd, fmaps, lr, gamma, ema, ramp, map,
                 plus for aug presets p (initial augment probability) and
-                target (ADA target; a preset with a target is adaptive).
+                target (ADA target; a preset with a target is adaptive),
+                and policy (the DiffAugment ops a DiffAugment pipe uses
+                unless --diffaug names others; a cfg's policy beats the
+                aug preset's own).
                 The table's own column names mb and lrate are accepted as
                 aliases of batch and lr.
 replace         names of sections that this preset replaces instead of
@@ -69,7 +72,7 @@ __all__ = ['KINDS', 'SECTIONS', 'DEFAULT_KEYS', 'BUILTIN_NAMES', 'register', 'un
 
 KINDS = ('cfg', 'loss', 'aug')
 SECTIONS = ('G_kwargs', 'D_kwargs', 'G_opt_kwargs', 'D_opt_kwargs', 'loss_kwargs', 'augment_kwargs')
-DEFAULT_KEYS = ('batch', 'kimg', 'mbstd', 'fmaps', 'lr', 'gamma', 'ema', 'ramp', 'map', 'p', 'target')
+DEFAULT_KEYS = ('batch', 'kimg', 'mbstd', 'fmaps', 'lr', 'gamma', 'ema', 'ramp', 'map', 'p', 'target', 'policy')
 DEFAULT_ALIASES = {'mb': 'batch', 'lrate': 'lr'}
 BUILTIN_NAMES = {
     'cfg': ('auto', 'stylegan2', 'paper256', 'paper512', 'paper1024', 'cifar'),

@@ -1,4 +1,5 @@
-"""Compute quality metrics of a trained network pickle.
+"""Compute quality metrics of a trained network: a pickle, or a weights-only model file
+(`.safetensors`, loaded without unpickling; preferred when it lies beside the pickle).
 
 Examples:
     python calc_metrics.py --network=runs/00000-obama/network-snapshot-000400.pkl --metrics=fid5k_full
@@ -8,8 +9,11 @@ Examples:
 Detector files (NVIDIA's inception-2015-12-05.pt / vgg16.pt, or pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth for FID/KID/IS) come from --detector-dir,
 $KDGAN_DETECTOR_DIR or dnnlib's cache, else are downloaded; they are checked
-before anything else, so a machine without them stops at once. Results are
-printed and appended to metric-<name>.jsonl beside the pickle.
+before anything else, so a machine without them stops at once. Offline,
+`--detector=PATH` computes FID/KID/IS with any TorchScript feature network
+called as `det(images, return_features=True)` (detectors.FEATURE_SIGNATURE);
+it is tried on two images first. Results are printed and appended to
+metric-<name>.jsonl beside the pickle.
 """
 # torch is imported only after the detector check: importing it takes seconds,
 # and an offline user should hear about a missing detector at once.
@@ -35,8 +39,7 @@ def _comma_list(ctx, param, value):
 def _load_network(network_pkl):
     import legacy
     try:
-        with dnnlib.util.open_url(network_pkl, verbose=False) as f:
-            data = legacy.load_network_pkl(f)
+        data = legacy.load_network(network_pkl)
     except (OSError, EOFError) as err:
         raise click.ClickException(f'cannot read {network_pkl}: {err}')
     except Exception as err:
@@ -45,6 +48,24 @@ def _load_network(network_pkl):
     if G is None:
         raise click.ClickException(f'{network_pkl} contains no generator')
     return G, data.get('training_set_kwargs')
+
+
+def _use_detector(path, metrics, detector_dir):
+    """--detector=PATH: check that the file answers as the metrics will call it, then put it where
+    the Inception file is looked for first. Returns the detector folder(s) to search."""
+    try:
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise ValueError(f'--detector: {path} is not a file; give a TorchScript feature network called as '
+                             f'{detectors.FEATURE_SIGNATURE}')
+        detectors.check_feature_detector(os.path.expanduser(path),
+                                          probabilities=any(m.startswith('is') for m in metrics))
+        folder = detectors.stage_detector(path)
+    except (ValueError, OSError) as err:
+        raise click.ClickException(str(err))
+    inception = detectors.get_asset('inception')
+    if not any(detectors.get_asset(str(d)) is inception for d in metric_main.required_detectors(metrics)):
+        print('Warning: --detector stands in for Inception (FID/KID/IS); none of the metrics uses it')
+    return folder + (os.pathsep + detector_dir if detector_dir else '')
 
 
 def _dataset_kwargs(data, mirror, pkl_kwargs, G):
@@ -119,7 +140,8 @@ def subprocess_fn(rank, args, temp_dir):
 
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
-@click.option('--network', 'network_pkl', help='Network pickle filename or URL', metavar='PATH', required=True)
+@click.option('--network', 'network_pkl', help='Model file (.safetensors) or network pickle (file or URL)',
+              metavar='PATH', required=True)
 @click.option('--metrics', help='Comma-separated list of metrics [default: fid50k_full]', default='fid50k_full',
               callback=_comma_list, metavar='LIST')
 @click.option('--data', help="Data set to compare against (folder, zip or builtin:shapes[-RES]) [default: the "
@@ -130,9 +152,11 @@ def subprocess_fn(rank, args, temp_dir):
 @click.option('--verbose', help='Print progress [default: true]', type=bool, default=True, metavar='BOOL')
 @click.option('--detector-dir', help=f'Folder holding detector files [default: ${detectors.DEFAULT_ENV_VAR}, '
               'then the dnnlib cache, then download]', metavar='DIR')
+@click.option('--detector', help='Another feature network for FID/KID/IS instead of Inception: a TorchScript '
+              'file called as det(images, return_features=True) (README, "Evaluating offline")', metavar='PATH')
 @click.option('--device', help='Where to compute [default: auto = cuda when available]',
               type=click.Choice(['auto', 'cuda', 'cpu']), default='auto')
-def calc_metrics(network_pkl, metrics, data, mirror, gpus, verbose, detector_dir, device):
+def calc_metrics(network_pkl, metrics, data, mirror, gpus, verbose, detector_dir, detector, device):
     """Calculate quality metrics of a network pickle.
 
     \b
@@ -161,10 +185,12 @@ def calc_metrics(network_pkl, metrics, data, mirror, gpus, verbose, detector_dir
         raise click.BadParameter(str(err), param_hint="'--metrics'")
     if detector_dir is not None and not os.path.isdir(os.path.expanduser(detector_dir)):
         raise click.BadParameter(f'{detector_dir} is not a folder', param_hint="'--detector-dir'")
+    if detector is not None:
+        detector_dir = _use_detector(detector, metrics, detector_dir)
     try:
         found = metric_main.check_detectors(metrics, detector_dir=detector_dir, verbose=verbose)
     except detectors.AssetUnavailableError as err:
-        raise click.ClickException(str(err))
+        raise click.ClickException(str(err.for_metrics(metrics, metric_main.required_detectors, 'calc_metrics.py')))
     if not dnnlib.util.is_url(network_pkl, allow_file_urls=True) and not os.path.isfile(network_pkl):
         raise click.BadParameter(f'file not found: {network_pkl}', param_hint="'--network'")
     if verbose:

@@ -8,7 +8,9 @@ Output (a folder, or a `.zip` when --dest ends in .zip):
 Sources:
   * a folder of images (searched recursively) or a zip of images; labels and
     class names come from a dataset.json at its top when there is one;
-  * CIFAR-10's python archive (cifar-10-python.tar.gz or its extracted folder);
+  * CIFAR-10's or CIFAR-100's python archive (cifar-10-python.tar.gz, cifar-100-python.tar.gz or the
+    extracted folder; CIFAR-100 with its 100 fine labels), class names from the archive's meta file;
+    --subset-fraction=0.1 (0.2) takes the seeded class-balanced 10 % (20 %) of the data-limited runs;
   * MNIST-format IDX files: a folder holding train-images-idx3-ubyte[.gz] and
     train-labels-idx1-ubyte[.gz] (t10k-* for --split=test); Fashion-MNIST is
     recognised and gets its class names, digits get '0'..'9'; 28x28 images
@@ -26,6 +28,16 @@ Examples:
 The result is written next to --dest under a temporary name and renamed at
 the end, so a failed conversion leaves nothing behind; a non-empty --dest is
 never overwritten.
+
+Nothing changes silently: EXIF orientation is applied (photos come out upright
+as viewers show them); transparent pixels are composited on --background
+(white unless told otherwise); a non-square image is never stretched unless
+--transform=stretch says so (--transform=center-crop keeps its aspect ratio);
+without --resolution the size comes from the whole set (the largest power of
+two not above most images' shorter side) and the reason is printed; files that
+are not images (.DS_Store, notes.txt, macOS `._*` companions) are skipped. The
+run ends with a summary: images written, files skipped per reason, images
+upscaled, stretched, rotated and composited.
 """
 import gzip
 import io
@@ -40,11 +52,14 @@ from typing import Callable, List, Optional, Tuple
 import click
 import numpy as np
 import PIL.Image
+import PIL.ImageColor
+import PIL.ImageOps
 
 import dnnlib
 from training import shapes as shapes_lib
-from training.dataset import (METADATA_NAME, DatasetError, DatasetWriter, channels_of_mode, encode_png,
-                              image_header, is_image_file, is_power_of_two, labels_from_metadata, pil_to_array)
+from training.dataset import (METADATA_NAME, DatasetError, DatasetWriter, channels_of_mode, check_labels,
+                              encode_png, image_header, is_image_file, is_power_of_two, labels_from_metadata,
+                              pil_to_array)
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot"]
@@ -53,6 +68,21 @@ MNIST_CLASSES = [str(i) for i in range(10)]
 _FASHION_LABEL_HEADS = {"train": [9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9, 5, 5, 7, 9],
                         "test": [9, 2, 1, 1, 6, 1, 4, 6, 5, 7, 4, 5, 7, 3, 4, 1]}
 _RESAMPLE = {"box": PIL.Image.BOX, "lanczos": PIL.Image.LANCZOS}
+_EXIF_ORIENTATION = 0x0112
+_EXIF_FORMATS = (".jpg", ".jpeg", ".tif", ".tiff", ".webp")   # where cameras write an orientation tag
+_SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
+
+
+def skip_reason(name: str) -> Optional[str]:
+    """Why a file of a folder/zip source is not converted, or None for an image to convert."""
+    base = name.rsplit("/", 1)[-1]
+    if name == METADATA_NAME:
+        return None
+    if base in _SYSTEM_FILES or base.startswith("._") or name.startswith("__MACOSX/"):
+        return "system file (macOS/Windows folder metadata)"
+    if not is_image_file(name):
+        return "not an image (by its extension)"
+    return None
 
 
 # Sources: each gives display names, labels, class names and a loader per item.
@@ -66,6 +96,7 @@ class Source:
         self.names = names
         self.labels = labels
         self.class_names = class_names
+        self.skipped = getattr(self, "skipped", {})   # reason -> names of files left out
 
     def __len__(self) -> int:
         return len(self.names)
@@ -121,7 +152,11 @@ class FileSource(Source):
                 raise DatasetError("{}: not a readable zip archive ({}); re-create the archive".format(path, err)
                                    ) from None
             all_names = sorted(n for n in self._zip.namelist() if not n.endswith("/"))
-        names = [n for n in all_names if is_image_file(n)]
+        self.skipped = {}
+        for name in all_names:
+            if name != METADATA_NAME and skip_reason(name) is not None:
+                self.skipped.setdefault(skip_reason(name), []).append(name)
+        names = [n for n in all_names if is_image_file(n) and skip_reason(n) is None]
         if not names:
             raise DatasetError("{}: no images found (png/jpg/...); point --source at a folder or zip of images, "
                                "a CIFAR-10 archive, an MNIST IDX folder or builtin:shapes".format(path))
@@ -144,7 +179,9 @@ class FileSource(Source):
                 if unlabelled:
                     raise DatasetError("{}: image {!r} has no label; add an entry for it or set \"labels\": null"
                                        .format(meta_where, unlabelled[0]))
-                labels = [label_map[f] for f in names]
+                raw = [label_map[f] for f in names]
+                checked = check_labels(raw, names, meta_where, class_names)   # before anything is written
+                labels = checked.tolist() if checked.dtype == np.int64 else raw
         super().__init__(path, names, labels, class_names)
 
     def _open(self, name: str):
@@ -159,8 +196,15 @@ class FileSource(Source):
         return self._where_name(self.names[i])
 
     def header(self, i):
+        """(width, height, mode) as the image will be converted: EXIF rotations of 90 degrees swap the sides."""
         with self._open(self.names[i]) as f:
-            return image_header(f)
+            w, h, mode = image_header(f)
+            if self.names[i].lower().endswith(_EXIF_FORMATS):
+                f.seek(0)
+                with PIL.Image.open(f) as img:
+                    if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                        w, h = h, w
+        return w, h, mode
 
     def load(self, i):
         with self._open(self.names[i]) as f:
@@ -205,7 +249,10 @@ class LmdbSource(Source):
 
     def header(self, i):
         img = self.load(i)
-        return img.size[0], img.size[1], img.mode
+        w, h = img.size
+        if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            w, h = h, w
+        return w, h, img.mode
 
     def close(self):
         self._env.close()
@@ -234,54 +281,89 @@ def _load_cifar_pickle(fileobj, where: str) -> dict:
     return data
 
 
-def open_cifar10(path: str, split: str) -> ArraySource:
-    """CIFAR-10 python version, as the .tar.gz or the extracted cifar-10-batches-py folder."""
-    batch_names = ["data_batch_{}".format(i) for i in range(1, 6)] if split == "train" else ["test_batch"]
-    wanted = batch_names + ["batches.meta"]
-    blobs = {}
+# The two python archives: (folder inside the archive, members per split, label key, class-name key, meta file).
+_CIFAR_LAYOUTS = {
+    "CIFAR-10": ("cifar-10-batches-py", {"train": ["data_batch_{}".format(i) for i in range(1, 6)],
+                                         "test": ["test_batch"]}, "labels", "label_names", "batches.meta"),
+    "CIFAR-100": ("cifar-100-python", {"train": ["train"], "test": ["test"]}, "fine_labels", "fine_label_names",
+                  "meta"),
+}
+
+
+def _cifar_kind(names, where: str) -> str:
+    """'CIFAR-10' or 'CIFAR-100', told by the meta file among `names` (batches.meta / meta)."""
+    for kind, layout in _CIFAR_LAYOUTS.items():
+        if layout[4] in names:
+            return kind
+    raise DatasetError("{}: neither CIFAR-10 (batches.meta) nor CIFAR-100 (meta) python data; download "
+                       "cifar-10-python.tar.gz or cifar-100-python.tar.gz".format(where))
+
+
+def _read_cifar_members(path: str, split: str):
+    """(kind, {member: (where, bytes)}) of the split's batches and the meta file, from the
+    extracted folder (or its parent) or the .tar.gz."""
     if os.path.isdir(path):
-        folder = path
-        if not os.path.isfile(os.path.join(folder, "batches.meta")):
-            folder = os.path.join(path, "cifar-10-batches-py")
-        for name in wanted:
+        folders = [path] + [os.path.join(path, layout[0]) for layout in _CIFAR_LAYOUTS.values()]
+        folder = next((f for f in folders if os.path.isdir(f) and any(
+            os.path.isfile(os.path.join(f, layout[4])) for layout in _CIFAR_LAYOUTS.values())), path)
+        kind = _cifar_kind(os.listdir(folder), folder)
+        _inner, splits, _lk, _nk, meta = _CIFAR_LAYOUTS[kind]
+        blobs = {}
+        for name in splits[split] + [meta]:
             fname = os.path.join(folder, name)
             if not os.path.isfile(fname):
-                raise DatasetError("{}: missing from the CIFAR-10 folder; re-extract cifar-10-python.tar.gz".format(
-                    fname))
+                raise DatasetError("{}: missing from the {} folder; re-extract {}-python.tar.gz".format(
+                    fname, kind, kind.lower()))
             with open(fname, "rb") as f:
                 blobs[name] = (fname, f.read())
-    else:
-        try:
-            with tarfile.open(path, "r:*") as tar:
-                members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-                for name in wanted:
-                    if name not in members:
-                        raise DatasetError("{}: {} is missing from the archive; expected CIFAR-10's python version "
-                                           "(cifar-10-python.tar.gz)".format(path, name))
-                    blobs[name] = ("{} (in {})".format(members[name].name, path), tar.extractfile(members[name]).read())
-        except tarfile.TarError as err:
-            raise DatasetError("{}: not a readable tar archive ({}); re-download cifar-10-python.tar.gz".format(
-                path, err)) from None
+        return kind, blobs
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+            kind = _cifar_kind(members, path)
+            _inner, splits, _lk, _nk, meta = _CIFAR_LAYOUTS[kind]
+            blobs = {}
+            for name in splits[split] + [meta]:
+                if name not in members:
+                    raise DatasetError("{}: {} is missing from the archive; expected {}'s python version "
+                                       "({}-python.tar.gz)".format(path, name, kind, kind.lower()))
+                blobs[name] = ("{} (in {})".format(members[name].name, path), tar.extractfile(members[name]).read())
+            return kind, blobs
+    except tarfile.TarError as err:
+        raise DatasetError("{}: not a readable tar archive ({}); re-download cifar-10-python.tar.gz or "
+                           "cifar-100-python.tar.gz".format(path, err)) from None
+
+
+def open_cifar(path: str, split: str) -> ArraySource:
+    """CIFAR-10 or CIFAR-100 (its fine labels and 100 class names) python version, as the .tar.gz
+    or the extracted folder; the meta file tells which."""
+    kind, blobs = _read_cifar_members(path, split)
+    _inner, splits, label_key, names_key, meta_name = _CIFAR_LAYOUTS[kind]
+    batch_names = splits[split]
     images, labels = [], []
     for name in batch_names:
         where, blob = blobs[name]
         data = _load_cifar_pickle(io.BytesIO(blob), where)
         try:
             arr = np.asarray(data["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-            lab = np.asarray(data["labels"], dtype=np.int64)
+            lab = np.asarray(data[label_key], dtype=np.int64)
         except (KeyError, ValueError) as err:
-            raise DatasetError("{}: unexpected CIFAR-10 batch contents ({}); re-download the archive".format(
-                where, err)) from None
+            raise DatasetError("{}: unexpected {} batch contents ({}); re-download the archive".format(
+                where, kind, err)) from None
         if lab.shape[0] != arr.shape[0]:
             raise DatasetError("{}: {} labels for {} images; re-download the archive".format(
                 where, lab.shape[0], arr.shape[0]))
         images.append(arr)
         labels.append(lab)
-    meta_where, meta_blob = blobs["batches.meta"]
+    meta_where, meta_blob = blobs[meta_name]
     meta = _load_cifar_pickle(io.BytesIO(meta_blob), meta_where)
-    class_names = [str(n) for n in meta.get("label_names", [])] or None
-    return ArraySource("CIFAR-10 {} ({})".format(split, path), np.concatenate(images), np.concatenate(labels),
+    class_names = [str(n) for n in meta.get(names_key, [])] or None
+    return ArraySource("{} {} ({})".format(kind, split, path), np.concatenate(images), np.concatenate(labels),
                        class_names)
+
+
+_CIFAR_FOLDER_MARKERS = [(meta,) for _i, _s, _l, _n, meta in _CIFAR_LAYOUTS.values()] + \
+    [(inner, meta) for inner, _s, _l, _n, meta in _CIFAR_LAYOUTS.values()]
 
 
 def _read_idx(fname: str) -> np.ndarray:
@@ -355,9 +437,8 @@ def open_source(source: str, split: str = "train", resolution_hint: Optional[int
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "data.mdb")):
             return LmdbSource(path)
-        if os.path.isfile(os.path.join(path, "batches.meta")) or \
-                os.path.isfile(os.path.join(path, "cifar-10-batches-py", "batches.meta")):
-            return open_cifar10(path, split)
+        if any(os.path.isfile(os.path.join(path, *parts)) for parts in _CIFAR_FOLDER_MARKERS):
+            return open_cifar(path, split)
         if is_idx_folder(path):
             return open_idx(path, split)
         return FileSource(path)
@@ -366,7 +447,7 @@ def open_source(source: str, split: str = "train", resolution_hint: Optional[int
         if low.endswith(".zip"):
             return FileSource(path)
         if low.endswith((".tar.gz", ".tgz", ".tar")):
-            return open_cifar10(path, split)
+            return open_cifar(path, split)
         if low.endswith((".mdb", ".lmdb")):
             return LmdbSource(path)
         raise DatasetError("{}: unsupported source file; use a folder or zip of images, cifar-10-python.tar.gz, an "
@@ -375,6 +456,18 @@ def open_source(source: str, split: str = "train", resolution_hint: Optional[int
 
 
 # Selection, geometry and the conversion itself
+
+
+def per_class_of_fraction(labels: Optional[list], fraction: float, subset_per_class: Optional[int] = None) -> int:
+    """Images per class for a class-balanced `fraction` of a labelled set: round(fraction x N / classes)."""
+    if subset_per_class is not None:
+        raise DatasetError("give --subset-fraction or --subset-per-class, not both")
+    if not 0 < fraction <= 1:
+        raise DatasetError("--subset-fraction must be in (0, 1], e.g. 0.1 for 10 %, got {}".format(fraction))
+    if not labels:
+        raise DatasetError("--subset-fraction needs class labels, and this source has none; use --max-images")
+    num_classes = len(set(int(x) for x in labels))
+    return max(1, int(round(fraction * len(labels) / num_classes)))
 
 
 def select_indices(num: int, labels: Optional[list], subset_per_class: Optional[int], seed: int,
@@ -416,6 +509,90 @@ def _resolve_size(width, height, resolution) -> Optional[Tuple[int, int]]:
     if width is None or height is None:
         raise DatasetError("give both --width and --height (or --resolution for a square size)")
     return width, height
+
+
+def parse_background(text: str) -> Tuple[int, int, int]:
+    """--background: a colour name or #rrggbb, as an RGB tuple."""
+    try:
+        rgb = PIL.ImageColor.getrgb(text)
+    except ValueError:
+        raise DatasetError("--background={}: not a colour; give a name (white, black, gray) or #rrggbb".format(
+            text)) from None
+    return tuple(int(v) for v in rgb[:3])
+
+
+def upright_opaque(img, background: Tuple[int, int, int]):
+    """EXIF orientation applied and transparency composited on `background`: the picture as a viewer
+    shows it. Returns (image, notes) with notes among {'rotated', 'composited'}; arrays pass as they are."""
+    notes = set()
+    if not isinstance(img, PIL.Image.Image):
+        return img, notes
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        img = PIL.ImageOps.exif_transpose(img)
+        notes.add("rotated")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            notes.add("composited")
+        gray = channels_of_mode(img.mode) == 1 and len(set(background)) == 1
+        flat = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, tuple(background) + (255,)), rgba)
+        img = flat.convert("L" if gray else "RGB")
+    return img, notes
+
+
+def auto_resolution(shorter_sides: List[int]) -> Tuple[int, str]:
+    """The largest power of two not above the shorter side of most images (their lower median), and why."""
+    ordered = sorted(int(s) for s in shorter_sides)
+    median = ordered[(len(ordered) - 1) // 2]
+    res = 1 << (max(4, median).bit_length() - 1)
+    smaller = sum(1 for s in ordered if s < res)
+    why = ("the largest power of two not above the shorter side of most images (median {} px over {} images); {} "
+           "of them are smaller and will be upscaled".format(median, len(ordered), smaller))
+    return res, why
+
+
+def read_headers(src: Source, indices: List[int]) -> list:
+    """(width, height, mode) of every selected image, upright; an unreadable one stops the conversion."""
+    headers = []
+    for i in indices:
+        try:
+            headers.append(src.header(i))
+        except Exception as err:
+            raise DatasetError("{}: not a readable image ({}: {}); delete it or move it out of the source"
+                               .format(src.where(i), type(err).__name__, err)) from None
+    return headers
+
+
+def check_geometry(src: Source, indices: List[int], headers: list, transform: Optional[str],
+                   size: Optional[Tuple[int, int]], log: Callable[[str], None]) -> Optional[Tuple[int, int]]:
+    """The output size: given, kept (one square power-of-two size throughout), or chosen from the whole
+    set. Refuses to stretch a non-square image unless --transform=stretch says so."""
+    if transform is None:
+        odd = [(i, w, h) for i, (w, h, _m) in zip(indices, headers) if w != h]
+        if odd:
+            i, w, h = odd[0]
+            raise DatasetError("{}: image is {}x{}, not square ({} of {} images are not); resizing it would stretch "
+                               "it: rerun with --transform=center-crop to keep the aspect ratio (or "
+                               "--transform=stretch to squash it), and --resolution=N to choose the size".format(
+                                   src.where(i), w, h, len(odd), len(indices)))
+    if size is not None:
+        return size
+    sides = {(w, h) for w, h, _m in headers}
+    if len(sides) == 1:
+        w, h = next(iter(sides))
+        if w == h and is_power_of_two(w):
+            return None
+    res, why = auto_resolution([min(w, h) for w, h, _m in headers])
+    log("No --resolution: using {r}x{r}, {why}. Pass --resolution=N to choose.".format(r=res, why=why))
+    return res, res
+
+
+def resize_counts(headers: list, size: Optional[Tuple[int, int]], transform: Optional[str]) -> dict:
+    """How many images get upscaled (smaller than the output in some direction) and stretched."""
+    if size is None:
+        return dict(upscaled=0, stretched=0)
+    return dict(upscaled=sum(1 for w, h, _m in headers if min(w / size[0], h / size[1]) < 1),
+                stretched=sum(1 for w, h, _m in headers if transform == "stretch" and w != h))
 
 
 def _pil(img, channels: int) -> PIL.Image.Image:
@@ -476,8 +653,10 @@ class _Progress:
 def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, resize_filter: str = "lanczos",
                     transform: Optional[str] = None, width: Optional[int] = None, height: Optional[int] = None,
                     resolution: Optional[int] = None, split: str = "train", subset_per_class: Optional[int] = None,
-                    seed: int = 0, log: Callable[[str], None] = print, progress_every: Optional[int] = None) -> dict:
+                    seed: int = 0, log: Callable[[str], None] = print, progress_every: Optional[int] = None,
+                    background: str = "white", subset_fraction: Optional[float] = None) -> dict:
     """Convert `source` into `dest`; raises DatasetError with the file and the fix. Returns a summary dict."""
+    fill = parse_background(background)
     if not dest:
         raise DatasetError("--dest is required (a folder, or a file ending in .zip)")
     dest = os.path.expanduser(dest)
@@ -504,40 +683,17 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, re
 
     src = open_source(source, split=split, resolution_hint=out_res if transform is None else None)
     try:
+        if subset_fraction is not None:
+            subset_per_class = per_class_of_fraction(src.labels, subset_fraction, subset_per_class)
         indices = select_indices(len(src), src.labels, subset_per_class, seed, max_images, log=log)
         if not indices:
             raise DatasetError("{}: nothing to convert".format(src.description))
 
-        # Up-front pass over the headers: unreadable files, channels, and (without a transform) geometry.
-        any_colour = False
-        first = None
-        fix = ("rerun with --resolution=N (a power of two, e.g. 64) to resize every image, and "
-               "--transform=center-crop to keep the aspect ratio")
-        for i in indices:
-            try:
-                w, h, mode = src.header(i)
-            except Exception as err:
-                raise DatasetError("{}: not a readable image ({}: {}); delete it or move it out of the source"
-                                   .format(src.where(i), type(err).__name__, err)) from None
-            any_colour = any_colour or channels_of_mode(mode) == 3
-            if transform is None and size is None:
-                if first is None:
-                    first = (i, w, h)
-                    if w != h:
-                        raise DatasetError("{}: image is {}x{}, not square; {}".format(src.where(i), w, h, fix))
-                    if not is_power_of_two(w):
-                        raise DatasetError("{}: image is {}x{}, not a power-of-two size; {}".format(
-                            src.where(i), w, h, fix))
-                elif (w, h) != (first[1], first[2]):
-                    raise DatasetError("{}: image is {}x{} but {} is {}x{}; images must all have one size; {}".format(
-                        src.where(i), w, h, src.where(first[0]), first[1], first[2], fix))
-        channels = 3 if any_colour else 1
-        if transform == "center-crop" and size is None:
-            w, h, _mode = src.header(indices[0])
-            res = 1 << (max(4, min(w, h)).bit_length() - 1)
-            size = (res, res)
-            log("--transform=center-crop without --resolution: using {}x{} (from {})".format(res, res, src.where(
-                indices[0])))
+        # Up-front pass over the headers: unreadable files, channels, and the geometry of the whole set.
+        headers = read_headers(src, indices)
+        channels = 3 if any(channels_of_mode(mode) == 3 for _w, _h, mode in headers) else 1
+        size = check_geometry(src, indices, headers, transform, size, log)
+        counts = dict(resize_counts(headers, size, transform), rotated=0, composited=0)
 
         log("Converting {} images from {} to {}".format(len(indices), src.description, dest))
         progress = _Progress(len(indices), log, progress_every)
@@ -546,7 +702,10 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, re
         with DatasetWriter(dest) as writer:
             for n, i in enumerate(indices):
                 try:
-                    img = _pil(src.load(i), channels)
+                    img, notes = upright_opaque(src.load(i), fill)
+                    img = _pil(img, channels)
+                    for note in notes:
+                        counts[note] += 1
                 except DatasetError:
                     raise
                 except Exception as err:
@@ -566,9 +725,26 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, re
     finally:
         src.close()
     summary = dict(dest=dest, num_images=len(indices), resolution=int(out_shape[0]), channels=channels,
-                   labels=labels_out is not None, class_names=src.class_names)
+                   labels=labels_out is not None, class_names=src.class_names, skipped=dict(src.skipped),
+                   background=background, **counts)
     log("Wrote {num_images} images ({resolution}x{resolution}, {channels} channel(s)) to {dest}".format(**summary))
+    for line in summary_lines(summary):
+        log(line)
     return summary
+
+
+def summary_lines(summary: dict) -> List[str]:
+    """What the conversion did to the data beyond copying it, one line per kind."""
+    lines = []
+    for reason, names in sorted(summary["skipped"].items()):
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        lines.append("  skipped {} file(s): {}: {}".format(len(names), reason, shown))
+    res = summary["resolution"]
+    lines.append("  upscaled: {} (smaller than {}x{} before resizing)".format(summary["upscaled"], res, res))
+    lines.append("  stretched: {} (non-square, --transform=stretch)".format(summary["stretched"]))
+    lines.append("  rotated by their EXIF orientation: {}".format(summary["rotated"]))
+    lines.append("  transparency composited on {}: {}".format(summary["background"], summary["composited"]))
+    return lines
 
 
 # Command line
@@ -581,16 +757,24 @@ def convert_dataset(source: str, dest: str, max_images: Optional[int] = None, re
 @click.option("--max-images", help="Keep at most this many images", type=int, default=None)
 @click.option("--resize-filter", help="Filter for resizing", type=click.Choice(["box", "lanczos"]), default="lanczos",
               show_default=True)
-@click.option("--transform", help="Crop before resizing", type=click.Choice(["center-crop", "center-crop-wide"]))
+@click.option("--transform", help="How non-square images become square: center-crop (keeps the aspect ratio), "
+              "center-crop-wide (letterboxed), or stretch [default: refuse non-square images]",
+              type=click.Choice(["center-crop", "center-crop-wide", "stretch"]))
+@click.option("--background", help="Colour under transparent pixels (name or #rrggbb)", default="white",
+              show_default=True, metavar="COLOUR")
 @click.option("--width", help="Output width", type=int)
 @click.option("--height", help="Output height", type=int)
-@click.option("--resolution", help="Output width and height (shorthand)", type=int)
+@click.option("--resolution", help="Output width and height (shorthand) [default: kept when all images share one "
+              "square power-of-two size, else the largest power of two not above most images' shorter side]",
+              type=int)
 @click.option("--split", help="Which split of IDX/CIFAR sources", type=click.Choice(["train", "test"]),
               default="train", show_default=True)
 @click.option("--subset-per-class", help="Seeded class-balanced subset: N images of every class", type=int)
-@click.option("--seed", help="Seed for --subset-per-class", type=int, default=0, show_default=True)
-def main(source, dest, max_images, resize_filter, transform, width, height, resolution, split, subset_per_class,
-         seed):
+@click.option("--subset-fraction", help="Seeded class-balanced subset: this fraction of the images, as the same "
+              "number from every class (0.1 of CIFAR-10: 500 per class)", type=float)
+@click.option("--seed", help="Seed for --subset-per-class/--subset-fraction", type=int, default=0, show_default=True)
+def main(source, dest, max_images, resize_filter, transform, background, width, height, resolution, split,
+         subset_per_class, subset_fraction, seed):
     """Convert an image collection into a training data set (folder or zip) with labels and class names.
 
     \b
@@ -598,11 +782,13 @@ def main(source, dest, max_images, resize_filter, transform, width, height, reso
       python dataset_tool.py --source=/usr/share/datasets/fashion-mnist --dest=fmnist-100.zip --subset-per-class=10
       python dataset_tool.py --source=~/photos --dest=photos-256.zip --resolution=256 --transform=center-crop
       python dataset_tool.py --source=builtin:shapes --dest=shapes-32.zip --resolution=32
+      python dataset_tool.py --source=cifar-100-python.tar.gz --dest=cifar100-10pc.zip --subset-fraction=0.1
     """
     try:
         convert_dataset(source=source, dest=dest, max_images=max_images, resize_filter=resize_filter,
                         transform=transform, width=width, height=height, resolution=resolution, split=split,
-                        subset_per_class=subset_per_class, seed=seed, log=click.echo)
+                        subset_per_class=subset_per_class, seed=seed, log=click.echo, background=background,
+                        subset_fraction=subset_fraction)
     except DatasetError as err:
         raise click.ClickException(str(err)) from None
 

@@ -1,4 +1,9 @@
-"""Render PNGs from a network pickle: one per seed, or one per projected w.
+"""Render PNGs from a network: one per seed, or one per projected w.
+
+`--network` takes a weights-only model file (`.safetensors`, written beside
+each snapshot or by `legacy.py --dest=x.safetensors`), which loads without
+running code, or a pickle, which runs the code it embeds: use pickles only from
+sources you trust. Given `x.pkl`, an `x.safetensors` beside it is read instead.
 
 Examples:
     python generate.py --outdir=out --seeds=0-3,7 --network=network-snapshot-000100.pkl
@@ -10,6 +15,7 @@ PNGs) are shared by style_mixing.py and projector.py, so that the three tools
 give the same pixels for the same latent.
 """
 
+import math
 import os
 import re
 
@@ -50,6 +56,13 @@ def range_callback(ctx, param, value):
         return parse_range(value)
     except ValueError as err:
         raise click.BadParameter(str(err), ctx=ctx, param=param)
+
+
+def finite_callback(ctx, param, value):
+    """click callback: NaN and infinities make black images, not an answer; refuse them."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f'{value} is not a finite number', ctx=ctx, param=param)
+    return value
 
 
 def pick_device():
@@ -102,8 +115,7 @@ def load_generator(network, device):
         require_file(network, '--network')
     print(f'Loading networks from "{network}"...')
     try:
-        with dnnlib.util.open_url(network) as f:
-            nets = legacy.load_network_pkl(f)
+        nets = legacy.load_network(network)
     except (OSError, EOFError) as err:
         raise click.ClickException(f'cannot read {network}: {err}')
     except Exception as err:  # any unpickling failure: a message, not a traceback
@@ -150,9 +162,10 @@ def _write_images(named_images, outdir):
 
 
 @click.command()
-@click.option('--network', 'network_pkl', required=True, metavar='PATH', help='Pickle to load (file or URL)')
+@click.option('--network', 'network_pkl', required=True, metavar='PATH',
+              help='Model file (.safetensors, no code runs) or pickle (file or URL)')
 @click.option('--seeds', callback=range_callback, metavar='LIST', help='Seeds to render, e.g. 0-3,7')
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True,
+@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, callback=finite_callback,
               help='Truncation: 1 keeps w as mapped, smaller values pull it towards w_avg')
 @click.option('--class', 'class_idx', type=int, metavar='INT', help='Class index for a conditional network')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,

@@ -9,9 +9,19 @@ which constructor argument, and which TF variable (reshaped how) gives which
 parameter or buffer.
 
     python legacy.py --source=tf-network.pkl --dest=converted.pkl
+    python legacy.py --source=network-snapshot-000100.pkl --dest=network-snapshot-000100.safetensors
+
+Loading a pickle runs code: persistent classes carry their module's source,
+which is executed. The unpickler here resolves only the names network pickles
+use (anything else, e.g. os.system, is refused before it runs), but the
+embedded source itself cannot be vetted. `load_network` therefore reads a
+weights-only model file (training/model_file.py) whenever it is given one or
+finds one beside the pickle; `--dest=*.safetensors` exports one.
 """
 
 import copy
+import io
+import os
 import pickle
 import re
 import typing
@@ -53,6 +63,48 @@ def load_network_pkl(f, force_fp16=False):
             if nets[key] is not None:
                 nets[key] = _rebuild_fp16(nets[key], key)
     return nets
+
+
+def load_network(source, device=None, force_fp16=False, prefer_model_file=True):
+    """Networks from a path or URL holding either a weights-only model file (training/model_file.py,
+    recognised by its content; nothing is unpickled) or a network pickle. With `prefer_model_file`, a
+    local `x.pkl` whose `x.safetensors` exists beside it is read from the latter. Returns the dict of
+    load_network_pkl; networks moved to `device` when given."""
+    from training import model_file
+    source = str(source)
+    is_local = not dnnlib.util.is_url(source, allow_file_urls=True)
+    if is_local and prefer_model_file and source.endswith('.pkl') and os.path.isfile(model_file.model_path_for(source)):
+        source = model_file.model_path_for(source)
+        print(f'Reading the weights-only model file beside the pickle: "{source}"')
+    with dnnlib.util.open_url(source, verbose=False) as f:
+        if model_file.is_model_file(f):
+            return model_file.load_model_file(f, device=device, force_fp16=force_fp16)
+        nets = load_network_pkl(f, force_fp16=force_fp16)
+    if device is not None:
+        nets = {key: (value.to(device) if isinstance(value, torch.nn.Module) else value) for key, value in nets.items()}
+    return nets
+
+
+def export_model_file(source, dest=None):
+    """Write the weights-only model file of a network pickle (any era); `dest` defaults to the name
+    beside a local pickle. Checks that the file rebuilds the same tensors and returns its path."""
+    from training import model_file
+    if dest is None:
+        if dnnlib.util.is_url(source, allow_file_urls=True):
+            raise ValueError('give the destination of the model file for a URL source')
+        dest = model_file.model_path_for(source)
+    with dnnlib.util.open_url(source, verbose=False) as f:
+        nets = load_network_pkl(f)
+    model_file.save_model_file(dest, nets)
+    rebuilt = model_file.load_model_file(dest)
+    for key in NETWORK_KEYS + ('augment_pipe',):
+        if nets.get(key) is None:
+            continue
+        mine = dict(misc.named_params_and_buffers(rebuilt[key]))
+        for name, tensor in misc.named_params_and_buffers(nets[key]):
+            if not torch.equal(mine[name].cpu(), tensor.detach().cpu()):
+                raise ValueError(f'{key}.{name} differs after rebuilding from the model file')
+    return dest
 
 
 def _unpickle(f):
@@ -124,15 +176,73 @@ class _TFNetworkState:
         return f'<TensorFlow network {self.name!r}, {len(self.variables)} variables>'
 
 
+def _load_storage_bytes(data):
+    """Stands in for torch.storage._load_from_bytes, which would unpickle the bytes with no restriction."""
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+# Callables a network pickle may name (everything else it names must be a class, see _allowed_global).
+_ALLOWED_CALLABLES = {
+    ('torch_utils.persistence', '_reconstruct_persistent_obj'),
+    ('torch._utils', '_rebuild_tensor_v2'), ('torch._utils', '_rebuild_tensor'), ('torch._utils', '_rebuild_parameter'),
+    ('torch._utils', '_rebuild_parameter_with_state'), ('torch._utils', '_rebuild_device_tensor_from_numpy'),
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+    ('copyreg', '_reconstructor'), ('copyreg', '__newobj__'),
+}
+_CLASS_PACKAGES = ('collections', 'dnnlib', 'torch_utils', 'training', 'kdgan_plugins', 'numpy', 'torch')
+_BUILTIN_CLASSES = frozenset({'set', 'frozenset', 'list', 'dict', 'tuple', 'bytearray', 'complex', 'slice', 'object'})
+_DATA_CLASSES = frozenset({'ndarray', 'dtype', 'EasyDict', 'OrderedDict', 'defaultdict', 'deque', 'Counter'})
+_IMPORTED_PREFIX = '_imported_module_'   # modules that persistence made from pickled source
+
+
+def _allowed_module(module):
+    """Checked before anything is imported: importing a module can run code."""
+    plugins = tuple(m.strip() for m in os.environ.get('KDGAN_PLUGINS', '').split(',') if m.strip())
+    return (module in ('builtins', 'copyreg') or module.startswith(_IMPORTED_PREFIX)
+            or any(module == p or module.startswith(p + '.') for p in _CLASS_PACKAGES + plugins))
+
+
+def _allowed_global(module, name, obj):
+    """Whether a network pickle may refer to `obj` (found as module.name): the rebuild helpers above, data
+    classes of the packages networks are made of, torch dtypes/Size/device and storage classes, and in
+    torch nothing else but torch.nn classes."""
+    if (module, name) in _ALLOWED_CALLABLES:
+        return True
+    if module == 'builtins':
+        return name in _BUILTIN_CLASSES
+    if module == 'torch' or module.startswith('torch.storage'):
+        return isinstance(obj, (torch.dtype, torch.device)) or obj is torch.Size or (
+            isinstance(obj, type) and name.endswith('Storage'))
+    if module.startswith('torch.') and not module.startswith('torch.nn.'):
+        return False
+    if module.startswith(('numpy', 'dnnlib', 'collections')):   # data types only (numpy.memmap writes files)
+        return name in _DATA_CLASSES
+    return isinstance(obj, type) and module != 'copyreg'
+
+
 class _EraAwareUnpickler(pickle.Unpickler):
-    """Unpickles TF networks as _TFNetworkState; any other TensorFlow object is an error."""
+    """Unpickles TF networks as _TFNetworkState; any other TensorFlow object is an error.
+
+    Only names a network pickle can hold are resolved (see _allowed_global): a pickle naming os.system,
+    builtins.eval and the like is refused before anything runs. This does not make pickles safe: a
+    persistent class's embedded source still runs when it is rebuilt. Use weights-only model files
+    (training/model_file.py) for networks from others."""
 
     def find_class(self, module, name):
         if (module, name) == ('dnnlib.tflib.network', 'Network'):
             return _TFNetworkState
         if module.startswith(('dnnlib.tflib', 'tensorflow')):
             raise _NotANetworkPickle(f'unsupported TensorFlow object {module}.{name} in the pickle')
-        return super().find_class(module, name)
+        if (module, name) == ('torch.storage', '_load_from_bytes'):
+            return _load_storage_bytes
+        trusted = os.environ.get('KDGAN_TRUST_PICKLES') == '1'
+        obj = super().find_class(module, name) if trusted or _allowed_module(module) else None
+        if not trusted and (obj is None or not _allowed_global(module, name, obj)):
+            raise _NotANetworkPickle(f'not a network pickle: it refers to {module}.{name}, which network pickles '
+                                     'do not use; refusing to load it (set KDGAN_TRUST_PICKLES=1 only if you '
+                                     'trust where the file came from)')
+        return obj
 
 
 def _is_tf_triple(content):
@@ -375,11 +485,24 @@ def convert_tf_discriminator(tf_D):
 
 @click.command()
 @click.option('--source', required=True, metavar='PATH', help='Pickle to read, any era (file or URL)')
-@click.option('--dest', required=True, metavar='PATH', help='Where to write the PyTorch pickle')
+@click.option('--dest', required=True, metavar='PATH',
+              help='Where to write the PyTorch pickle; a name ending in .safetensors writes a weights-only model file')
 @click.option('--force-fp16', type=bool, default=False, show_default=True,
               help='Rebuild the networks with num_fp16_res=4 and conv_clamp=256 (same weights)')
 def convert_network_pickle(source, dest, force_fp16):
-    """Rewrite a network pickle (a TensorFlow-era one, typically) as a PyTorch pickle."""
+    """Rewrite a network pickle (a TensorFlow-era one, typically) as a PyTorch pickle, or export it as a
+    weights-only model file that the tools load without unpickling:
+
+        python legacy.py --source=network-snapshot-000100.pkl --dest=network-snapshot-000100.safetensors
+    """
+    if dest.endswith('.safetensors'):
+        if force_fp16:
+            raise click.UsageError('--force-fp16 applies to pickles; a model file keeps the networks as they are')
+        try:
+            print(f'Exporting "{source}" to "{export_model_file(source, dest)}"... Done.')
+        except (OSError, ValueError, pickle.UnpicklingError) as err:
+            raise click.ClickException(f'cannot export {source}: {err}')
+        return
     print(f'Loading "{source}"...')
     try:
         with dnnlib.util.open_url(source) as f:

@@ -255,7 +255,8 @@ def _write_video(path, G, ws, target_hwc):
 
 
 @click.command()
-@click.option('--network', 'network_pkl', required=True, metavar='PATH', help='Pickle to load (file or URL)')
+@click.option('--network', 'network_pkl', required=True, metavar='PATH',
+              help='Model file (.safetensors) or pickle (file or URL)')
 @click.option('--target', 'target_fname', required=True, metavar='FILE', help='Picture to find in the latent space')
 @click.option('--outdir', required=True, metavar='DIR', help='Folder for the results (created if needed)')
 @click.option('--num-steps', type=click.IntRange(min=1), default=1000, show_default=True, help='Adam steps')

@@ -13,6 +13,13 @@ Examples:
 Any generator with `.mapping(z, c)`, `.synthesis(ws, noise_mode=...)`,
 `z_dim`, `c_dim` and `num_ws` works (plug-in networks included);
 truncation needs the mapping's `w_avg`.
+
+Without --styles the split is chosen for the network loaded, and printed with
+the reason: a `mixing_styles` list the generator (or its synthesis) declares;
+for FastGAN (two styles) style 1, the input of its skip-layer excitations
+(appearance), so each row keeps its layout; for a StyleGAN2 the coarse layers
+0-6, or the coarser half of the styles where 0-6 would take all of them (a
+mix that takes every style just repeats the column image).
 """
 
 import os
@@ -75,9 +82,24 @@ def make_grid(images, row_seeds, col_seeds):
     return canvas
 
 
+def default_styles(G):
+    """(styles, why): the split --styles defaults to for this network; see the module docstring."""
+    synthesis = getattr(G, 'synthesis', None)
+    declared = getattr(G, 'mixing_styles', None) or getattr(synthesis, 'mixing_styles', None)
+    if declared:
+        return [int(i) for i in declared], 'the split this network declares (mixing_styles)'
+    if G.num_ws == 2 and getattr(synthesis, 'sle_sizes', None):
+        return [1], ("FastGAN: style 1 drives the skip-layer excitation inputs (appearance), style 0 the "
+                     "layout, which stays the row's")
+    coarse = [i for i in _DEFAULT_STYLES if i < G.num_ws]
+    if len(coarse) < G.num_ws:
+        return coarse, 'the coarse layers'
+    half = list(range(max(1, G.num_ws // 2)))
+    return half, (f'the coarser half: this network has {G.num_ws} styles, and taking all of them would only '
+                  f'repeat the column image')
+
+
 def _check_styles(col_styles, num_ws):
-    if col_styles is None:
-        return [i for i in _DEFAULT_STYLES if i < num_ws]
     outside = [str(i) for i in col_styles if i < 0 or i >= num_ws]
     if outside:
         raise click.BadParameter(f'{", ".join(outside)} out of range: this network has {num_ws} styles '
@@ -86,14 +108,17 @@ def _check_styles(col_styles, num_ws):
 
 
 @click.command()
-@click.option('--network', 'network_pkl', required=True, metavar='PATH', help='Pickle to load (file or URL)')
+@click.option('--network', 'network_pkl', required=True, metavar='PATH',
+              help='Model file (.safetensors) or pickle (file or URL)')
 @click.option('--rows', 'row_seeds', required=True, callback=generate.range_callback, metavar='LIST',
               help='Seeds of the base images, one per grid row')
 @click.option('--cols', 'col_seeds', required=True, callback=generate.range_callback, metavar='LIST',
               help='Seeds whose styles are copied in, one per grid column')
 @click.option('--styles', 'col_styles', callback=generate.range_callback, metavar='LIST',
-              help="w layers taken from the column seed [default: 0-6, cut to the network's num_ws]")
+              help="w layers taken from the column seed [default: chosen for the network and printed: "
+              "FastGAN 1 (its SLE style), StyleGAN2 0-6 or the coarser half]")
 @click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True,
+              callback=generate.finite_callback,
               help='Truncation: 1 keeps w as mapped, smaller values pull it towards w_avg')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,
               help='Per-pixel noise: the stored buffers, fresh noise, or none')
@@ -103,7 +128,12 @@ def generate_style_mix(network_pkl, row_seeds, col_seeds, col_styles, truncation
     """Mix the styles of column seeds into row seeds and save the pairs and a grid."""
     device = generate.pick_device()
     G = generate.load_generator(network_pkl, device)
+    if col_styles is None:
+        col_styles, why = default_styles(G)
+        print(f'No --styles: styles {",".join(map(str, col_styles))}, {why}')
     col_styles = _check_styles(col_styles, G.num_ws)
+    if sorted(set(col_styles)) == list(range(G.num_ws)):
+        print(f'Warning: --styles takes all {G.num_ws} styles from the columns, so every mix repeats its column image')
     label = generate.make_label(G, class_idx, device)
 
     os.makedirs(outdir, exist_ok=True)

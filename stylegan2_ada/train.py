@@ -22,8 +22,10 @@ can be listed in $KDGAN_PLUGINS. Explicit flags win over preset defaults;
 training/config.py resolves the options and documents the precedence.
 
 \b
---cfg    auto (default), stylegan2, paper256, paper512, paper1024, cifar; fastgan, fastgan_lite
---loss   stylegan2 (the default of every built-in cfg); fastgan; kdgan.AGKD, kdgan.CGKD, kdgan.KDDLGAN
+--cfg    auto (default), stylegan2, paper256, paper512, paper1024, cifar; fastgan, fastgan_lite,
+         biggan_cifar, stylegan2_100shot
+--loss   stylegan2 (the default of every built-in cfg); fastgan; biggan; kdgan.AGKD, kdgan.CGKD,
+         kdgan.KDDLGAN
 --aug    ada (default), noaug, fixed (needs --p); diffaug
 
 Start-up order: option and metric names are checked and the metric
@@ -47,7 +49,7 @@ import tempfile
 import click
 
 import dnnlib
-from training import config
+from training import config, preflight
 from training.config import (AUGPIPE_NAMES, BUILTIN_AUGS, BUILTIN_LOSS, CPU_GRID_CELLS, DEFAULT_ADA_KIMG,
                              DEFAULT_ADA_TARGET, DEFAULT_AUGPIPE, load_presets, previous_transfer_options,
                              resume_specs)
@@ -113,6 +115,8 @@ def check_loss_assets(loss_kwargs, detector_dir=None):
     try:
         return list(losses.check_assets(loss_kwargs, detector_dir=detector_dir))
     except (FileNotFoundError, ValueError) as err:
+        if hasattr(err, 'in_context'):   # a detector file: name the loss option that needs it, not metrics
+            err = err.in_context('loss')
         text = str(err).strip()
         raise click.ClickException(text.splitlines()[0] if text else repr(err))
 
@@ -177,6 +181,17 @@ def _augmentation_text(args, resolved):
     return text
 
 
+def _ema_text(args):
+    """G_ema's averaging in words: how soon snapshots show what G has learnt (--ema, --ema-rampup)."""
+    text = f'half-life {args.ema_kimg:g} kimg'
+    if args.get('ema_start_kimg'):
+        text += f', a copy of G until kimg {args.ema_start_kimg:g}'
+    if args.get('ema_rampup') is None:
+        return text + ', no ramp-up'
+    return text + (f', ramp-up {args.ema_rampup:g} (half-life <= {args.ema_rampup:g} x images seen, '
+                   f'until kimg {args.ema_kimg / args.ema_rampup:.4g}; --ema-rampup=none: off)')
+
+
 def _summary_rows(args, resolved, summary):
     """(label, text) pairs of the start-of-run summary, optional rows included only when they apply."""
     data = args.training_set_kwargs
@@ -193,6 +208,7 @@ def _summary_rows(args, resolved, summary):
         ('Loss', f'{loss["name"]} -> {loss["class_name"]} [{loss["source"]}]'),
         ('Augmentation', _augmentation_text(args, resolved)),
         ('Batch', f'{args.batch_size} ({args.batch_gpu} per GPU/process)'),
+        ('G_ema', _ema_text(args)),
         ('Training duration', f'{args.total_kimg} kimg, {args.kimg_per_tick} kimg per tick, '
                               f'snapshots every {args.network_snapshot_ticks} ticks'),
         ('Device', f'{args.device} x {args.num_gpus}'),
@@ -204,6 +220,9 @@ def _summary_rows(args, resolved, summary):
         text += f', weights {teacher["weights"]}' if teacher.get('weights') else ''
         text += f', config {teacher["config"]}' if teacher.get('config') else ''
         rows.append(('Teacher', text))
+        from kdgan_plugins.teachers import clip_teacher   # the prompts, and how to choose them
+        rows.append(('Teacher prompts', clip_teacher.prompt_summary(
+            teacher.get('labels'), teacher.get('template'), (args.loss_kwargs or {}).get('class_names'))))
     if resolved['D'].get('backbone_class_name'):
         rows.append(('Discriminator', f'{resolved["D"]["class_name"]} around {resolved["D"]["backbone_class_name"]}'))
     rows.append(('Metrics', ', '.join(args.metrics) if args.metrics else 'none'))
@@ -237,11 +256,12 @@ def subprocess_fn(rank, args, temp_dir):
     """The training loop in this process, as `rank`. Spawned ranks keep their own log.txt handle."""
     import torch
     from torch_utils import custom_ops, misc, training_stats
-    from training import training_loop
+    from training import run_guard, training_loop
 
     spawned = args.num_gpus > 1
     log_file = None
     if spawned:
+        run_guard.watch_launcher()   # No orphans: a rank whose launcher died stops within seconds.
         log_file = dnnlib.util.Logger(file_name=os.path.join(args.run_dir, 'log.txt'), file_mode='a',
                                       should_flush=True)
     show_plugin_logs()
@@ -250,7 +270,13 @@ def subprocess_fn(rank, args, temp_dir):
         training_stats.init_multiprocessing(rank=rank, sync_device=device if spawned else None)
         if rank != 0:
             custom_ops.verbosity = 'none'
-        training_loop.training_loop(rank=rank, **{**args, 'device': device})
+        try:
+            training_loop.training_loop(rank=rank, **{**args, 'device': device})
+        except run_guard.TrainingStopped as err:
+            if not spawned:
+                raise
+            if rank == 0:
+                run_guard.leave_note(temp_dir, err)   # The launcher exits with it once every rank is done.
     finally:
         if spawned and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -265,28 +291,87 @@ def launch(args):
         return
     import torch
     # The ranks find each other through a file in a scratch folder inside the run folder.
+    from training import run_guard
     with tempfile.TemporaryDirectory(prefix='.dist-', dir=args.run_dir) as meeting_dir:
-        torch.multiprocessing.spawn(fn=subprocess_fn, args=(args, meeting_dir), nprocs=args.num_gpus)
+        ranks = torch.multiprocessing.start_processes(subprocess_fn, args=(args, meeting_dir), nprocs=args.num_gpus,
+                                                      join=False, start_method='spawn')
+        with run_guard.ForwardSignals(ranks.pids()):
+            while not ranks.join():
+                pass
+        stopped = run_guard.read_note(meeting_dir)
+    if stopped is not None:
+        raise stopped
 
 
-def _train(outdir, desc, args, resolved, summary, detector_dir):
+def _open_run(outdir, desc, args, resolved, summary, asset_lines):
+    """Make the run folder, start log.txt, print the summary and record the options. Returns the Logger."""
+    args.run_dir = make_run_dir(outdir, desc)
+    logger = dnnlib.util.Logger(file_name=os.path.join(args.run_dir, 'log.txt'), file_mode='a', should_flush=True)
+    print_summary(args, resolved, summary)
+    for line in asset_lines:
+        _print_row('Asset', line)
+    options_path = os.path.join(args.run_dir, 'training_options.json')
+    with open(f'{options_path}.tmp{os.getpid()}', 'wt', encoding='utf-8') as f:
+        json.dump(args, f, indent=2)
+    os.replace(f'{options_path}.tmp{os.getpid()}', options_path)   # Whole or absent: --resume reads it.
+    return logger
+
+
+def torchrun_fn(env, outdir, desc, args, resolved, summary, asset_lines):
+    """This process as global rank env.rank of a torchrun launch: join the group (env://), let rank 0
+    make the run folder and share its path, then run the loop. Only rank 0 writes to the folder."""
+    from torch_utils import custom_ops, training_stats
+    from training import distributed, training_loop
+    device = distributed.join_group(env, args.device)
+    logger = None
+    try:
+        def lead_opens_run():
+            nonlocal logger
+            logger = _open_run(outdir, desc, args, resolved, summary, asset_lines)
+            print(f'Launching under torchrun: {env.world_size} processes...')
+            return args.run_dir
+        args.run_dir = distributed.from_lead(lead_opens_run, env, device)
+        training_stats.init_multiprocessing(rank=env.rank, sync_device=device if env.world_size > 1 else None)
+        if env.rank != 0:
+            custom_ops.verbosity = 'none'
+        training_loop.training_loop(rank=env.rank, **{**args, 'device': device})
+    finally:
+        distributed.leave_group()
+        if logger is not None:
+            logger.close()
+
+
+def _train(outdir, desc, args, resolved, summary, detector_dir, torchrun=None):
     """Check the loss' files, make the run folder, record the options and launch."""
     show_plugin_logs()
     asset_lines = check_loss_assets(args.loss_kwargs, detector_dir)
-    args.run_dir = make_run_dir(outdir, desc)
-    logger = dnnlib.util.Logger(file_name=os.path.join(args.run_dir, 'log.txt'), file_mode='a', should_flush=True)
+    if torchrun is not None:
+        torchrun_fn(torchrun, outdir, desc, args, resolved, summary, asset_lines)
+        return
+    logger = _open_run(outdir, desc, args, resolved, summary, asset_lines)
     try:
-        print_summary(args, resolved, summary)
-        for line in asset_lines:
-            _print_row('Asset', line)
-        with open(os.path.join(args.run_dir, 'training_options.json'), 'wt', encoding='utf-8') as f:
-            json.dump(args, f, indent=2)
         print('Launching processes...')
         if args.num_gpus > 1:
             logger.close()  # Spawned ranks append to log.txt on their own.
         launch(args)
     finally:
         logger.close()
+
+
+def _torchrun_env(options):
+    """The env:// launch this process is part of (None when started plainly); --gpus becomes its world size."""
+    from training import distributed
+    try:
+        env = distributed.torchrun_env()
+    except distributed.LaunchError as err:
+        raise click.UsageError(str(err))
+    if env is None:
+        return None
+    if options['gpus'] not in (1, env.world_size):
+        raise click.BadParameter(f'{options["gpus"]} disagrees with torchrun (WORLD_SIZE={env.world_size}); '
+                                 'leave --gpus out under torchrun', param_hint="'--gpus'")
+    options['gpus'] = env.world_size
+    return env
 
 
 # Command line.
@@ -320,6 +405,7 @@ _OPTIONS = (
     (('--kimg',), dict(type=float, metavar='KIMG', help="Length of training in thousands of images instead "
                                                         "of the cfg's")),
     (('--batch',), dict(type=int, metavar='INT', help="Total batch over all GPUs instead of the cfg's")),
+    (('--lr',), dict(type=float, metavar='FLOAT', help="Learning rate of G and D instead of the cfg's")),
     (('--loss',), dict(metavar='NAME', help="Loss: stylegan2 or a registered plug-in [default: the cfg's]")),
     (('--aug',), dict(metavar='NAME', help='Augmentation: ada, noaug, fixed, or a registered plug-in '
                                            '[default: ada]')),
@@ -330,8 +416,12 @@ _OPTIONS = (
                                                             'smaller')),
     (('--augpipe',), dict(type=click.Choice(sorted(AUGPIPE_NAMES)),
                           help='Which augmentations ADA (or --aug=fixed) applies [default: bgc]')),
-    (('--resume',), dict(metavar='PKL', help='Start from a network pickle, checkpoint, run folder, URL or '
-                                             + '|'.join(resume_specs) + ' [default: noresume]')),
+    (('--resume',), dict(metavar='PKL', help='Start from a network pickle, checkpoint, run folder, outdir (its '
+                                             'newest complete snapshot), URL or ' + '|'.join(resume_specs)
+                                             + ' [default: noresume]')),
+    (('--resume-mode',), dict(type=click.Choice(['auto', 'networks']), default='auto',
+                              help='networks: take only the weights (upstream; options may change), never the '
+                                   'training state [default: auto = exact where a checkpoint exists]')),
     (('--freezed',), dict(type=click.IntRange(min=0), default=0, metavar='INT',
                           help="How many of D's highest-resolution layers stay frozen (Freeze-D) [default: 0]")),
     (('--fp32',), dict(type=bool, metavar='BOOL', help='Keep every layer in float32 (no fp16 layers)')),
@@ -352,6 +442,10 @@ _OPTIONS = (
     (('--ngf',), dict(type=int, metavar='INT', help='Override the generator width of ngf/ndf cfgs (FastGAN: 64)')),
     (('--ndf',), dict(type=int, metavar='INT', help='Override the discriminator width of ngf/ndf cfgs (FastGAN: 64)')),
     (('--ema',), dict(type=float, metavar='KIMG', help="Override the G_ema half-life in kimg [default: the cfg's]")),
+    (('--ema-rampup',), dict(metavar='RATIO|none', help="Cap G_ema's half-life at this fraction of the images seen "
+                                                        "so far, so early snapshots show what G learnt; none = off "
+                                                        "[default: the cfg's: 0.05; none for stylegan2, paper256/512/1024 "
+                                                        "and biggan_cifar, whose G_ema copies G up to kimg 200]")),
     (('--grid',), dict(type=click.IntRange(min=1), metavar='INT',
                        help='Image grids: at most this many cells per side [default: 32; 8 on the CPU]')),
     (('--detector-dir',), dict(metavar='DIR', help='Folder with metric/LPIPS detector files (else '
@@ -372,6 +466,15 @@ _OPTIONS = (
     (('--recon',), dict(type=click.Choice(['lpips', 'mse', 'l1', 'none']),
                         help='FastGAN D reconstruction loss [default: lpips]')),
     (('--recon-weight',), dict(type=float, help='Reconstruction weight [default: 1]')),
+    (('--lecam',), dict(type=float, metavar='WEIGHT', help="LeCam regulariser's weight on any backbone, 0 = off "
+                                                          "[default: the cfg's; biggan_cifar 0.3, others off]")),
+    (('--precision',), dict(type=click.Choice(['auto', 'fp32', 'bf16']),
+                            help="FastGAN arithmetic: auto (bf16 where the CPU has it natively), bf16, or fp32 with "
+                                 "the reference kernels [default: the cfg's; fastgan auto]")),
+    (('--fake-reuse',), dict(type=bool, metavar='BOOL', help="FastGAN: the D step's fakes also train G (one G forward "
+                                                            "per minibatch, D first) [default: the cfg's; fastgan true]")),
+    (('--diffaug',), dict(metavar='POLICY', help='DiffAugment ops with --aug=diffaug, e.g. color,translation,cutout '
+                                                 "[default: the cfg's]")),
 )
 
 
@@ -396,14 +499,22 @@ def main(outdir, dry_run, **options):
     for name in ('cbase', 'cmax'):
         if options[name] is not None and options[name] < 1:
             raise click.BadParameter('must be positive', param_hint=f"'--{name}'")
+    _clicked(preflight.check_outdir)(outdir)
     detector_dir = options['detector_dir']
     if detector_dir is not None:
         detector_dir = options['detector_dir'] = os.path.abspath(os.path.expanduser(detector_dir))
         from metrics import detectors
         os.environ[detectors.DEFAULT_ENV_VAR] = detector_dir  # Spawned ranks and the loop inherit it.
+    torchrun = _torchrun_env(options)
     desc, args, resolved, summary, cleanup = setup_training_loop_kwargs(dry_run=dry_run, **options)
     if not dry_run:
-        _train(outdir, desc, args, resolved, summary, detector_dir)
+        from training import run_guard
+        try:
+            _train(outdir, desc, args, resolved, summary, detector_dir, torchrun)
+        except run_guard.TrainingStopped as err:   # A signal or divergence: a message, a non-zero exit.
+            stopped = click.ClickException(str(err))
+            stopped.exit_code = err.exit_code
+            raise stopped from err
         return
     try:
         args.run_dir = predict_run_dir(outdir, desc)

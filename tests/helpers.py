@@ -117,3 +117,24 @@ def dry_run(outdir, data, *args):
     options = decoder.raw_decode(out[out.index('{', out.index('Training options:')):])[0]
     resolved = decoder.raw_decode(out[out.index('{', out.index('Resolved names:')):])[0]
     return options, resolved, out
+
+
+def tiny_stylegan2_kwargs(path, mapping_layers=1, **overrides):
+    """training_loop kwargs of a StyleGAN2 at 32x32 small enough for a few minibatches a second
+    (batch 4, 8 channels); tests override the schedule and seed they need."""
+    import dnnlib
+    E = dnnlib.EasyDict
+    adam = dict(class_name='torch.optim.Adam', lr=0.0025, betas=[0, 0.99], eps=1e-8)
+    kw = E(
+        training_set_kwargs=E(class_name='training.dataset.ImageFolderDataset', path=path, use_labels=False,
+                              xflip=False),
+        data_loader_kwargs=E(num_workers=0),
+        G_kwargs=E(class_name='training.networks.Generator', z_dim=8, w_dim=8,
+                   mapping_kwargs=E(num_layers=mapping_layers), synthesis_kwargs=E(channel_base=128, channel_max=8)),
+        D_kwargs=E(class_name='training.networks.Discriminator', channel_base=128, channel_max=8,
+                   block_kwargs=E(), mapping_kwargs=E(), epilogue_kwargs=E(mbstd_group_size=4)),
+        G_opt_kwargs=E(adam), D_opt_kwargs=E(adam),
+        loss_kwargs=E(class_name='training.loss.StyleGAN2Loss', r1_gamma=0.05),
+        batch_size=4, batch_gpu=4, ema_kimg=0.01, device='cpu', image_snapshot_ticks=None)
+    kw.update(overrides)
+    return kw

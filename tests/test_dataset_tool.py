@@ -151,10 +151,14 @@ def test_grayscale_folder_stays_one_channel(tmp_path):
 
 
 def test_invalid_geometry_errors_name_file_and_fix_then_transform_converts(tmp_path):
+    # Square images of mixed or odd sizes convert without --resolution (issue 16: the size is chosen from
+    # the whole set, with the reason printed); only a non-square image needs a --transform choice.
+    for name, arrays in {"mixed": {"a.png": rand_img(16, 16), "b.png": rand_img(32, 32)},
+                         "nonpow2": {"odd.png": rand_img(20, 20)}}.items():
+        out = ok("--source", write_images(tmp_path / "src" / name, arrays), "--dest", tmp_path / "src" / (name + "-auto"))
+        assert "No --resolution: using 16x16" in out.output, out.output
     cases = {
-        "mixed": ({"a.png": rand_img(16, 16), "b.png": rand_img(32, 32)}, ["b.png", "32x32", "a.png"]),
         "nonsquare": ({"wide.png": rand_img(16, 24)}, ["wide.png", "24x16", "not square"]),
-        "nonpow2": ({"odd.png": rand_img(20, 20)}, ["odd.png", "20x20", "power-of-two"]),
     }
     for name, (arrays, needles) in cases.items():
         src = write_images(tmp_path / "src" / name, arrays)

@@ -282,7 +282,7 @@ def test_harness_kwargs():
     with pytest.raises(ValueError):
         Generator(z_dim=32, c_dim=0, w_dim=512, img_resolution=64, img_channels=3)
     with pytest.raises(ValueError):
-        small_G(32)
+        small_G(16)   # 32 is the smallest size (issue 14 added it)
     with pytest.raises(ValueError):
         small_D(64, block_kwargs=dict(freeze_layers=2))
     # Built by class name, as the training loop does.

@@ -15,6 +15,7 @@ import dnnlib
 from helpers import fake_features, frechet_distance, pixel_features
 from learning_bars import images_of, learning_verdict
 from training import checkpoint, dataset, shapes, training_loop
+from helpers import one_thread  # noqa: F401,E402 (autouse fixture: one thread per test module)
 
 E = dnnlib.EasyDict
 RES = 32
@@ -26,13 +27,6 @@ def shapes_path(tmp_path_factory):
     return shapes.materialize_builtin('builtin:shapes', str(tmp_path_factory.mktemp('data')), resolution=RES)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two shared cores: one intra-op thread per process is the fastest and the most repeatable.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def make_kwargs(path, **overrides):
@@ -108,7 +102,9 @@ def test_learns_shapes(shapes_path, tmp_path, capsys):
     files = set(os.listdir(run_dir))
     assert files == {'reals.png', 'fakes_init.png', 'fakes000000.png', 'fakes000001.png', 'stats.jsonl',
                      'network-snapshot-000000.pkl', 'network-snapshot-000000.ckpt.pt',
-                     'network-snapshot-000001.pkl', 'network-snapshot-000001.ckpt.pt'}
+                     'network-snapshot-000001.pkl', 'network-snapshot-000001.ckpt.pt',
+                     # Issue 12: each snapshot unit also holds its weights-only model file.
+                     'network-snapshot-000000.safetensors', 'network-snapshot-000001.safetensors'}
     assert latest_ckpt(run_dir)['progress']['cur_nimg'] == 1000
     stats = read_stats(run_dir)
     assert [round(s['Progress/kimg']['mean'], 3) for s in stats] == [0.008, 0.512, 1.0]
@@ -235,9 +231,11 @@ def test_resolve_resume_and_find_latest(tmp_path):
     for name in ['network-snapshot-000004.pkl', 'network-snapshot-000004.ckpt.pt', 'network-snapshot-000012.pkl',
                  'network-snapshot-000008.pkl', 'network-snapshot-000008.ckpt.pt', 'notes.txt']:
         (run / name).write_bytes(b'x')
-    assert checkpoint.find_latest(str(run)) == str(run / 'network-snapshot-000012.pkl')
+    # Issue 12: the newest *complete* snapshot (000012 has no checkpoint: never taken from a folder).
+    assert checkpoint.find_latest(str(run)) == str(run / 'network-snapshot-000008.pkl')
     latest = checkpoint.resolve_resume(str(run))
-    assert latest == dict(pkl=str(run / 'network-snapshot-000012.pkl'), ckpt=None, exact=False, kimg=12)
+    assert latest == dict(pkl=str(run / 'network-snapshot-000008.pkl'),
+                          ckpt=str(run / 'network-snapshot-000008.ckpt.pt'), exact=True, kimg=8)
     exact = checkpoint.resolve_resume(str(run / 'network-snapshot-000008.pkl'))
     assert exact == dict(pkl=str(run / 'network-snapshot-000008.pkl'),
                          ckpt=str(run / 'network-snapshot-000008.ckpt.pt'), exact=True, kimg=8)

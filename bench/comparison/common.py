@@ -19,7 +19,6 @@ UNLIMITED_KIMG = 1000000      # what train.py gets when only --minutes bounds a 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 30
 CKPT_WAIT_SECONDS = 300     # how long a --minutes stop waits for the final snapshot's checkpoint
-INCEPTION_FILE = 'inception-2015-12-05.pt'
 SEGMENT_RE = re.compile(r'^(\d+)-')
 
 

@@ -5,7 +5,7 @@ import io
 import os
 import re
 
-from bench.comparison.common import CompareError, INCEPTION_FILE
+from bench.comparison.common import CompareError
 
 
 class Evaluator:
@@ -80,28 +80,24 @@ def metric_identity(cfg):
     except ValueError as err:
         raise CompareError('--metric: {}'.format(err))
     except detectors.AssetUnavailableError as err:
-        raise CompareError(str(err))
+        raise CompareError(str(err.for_metrics([cfg.metric], metric_main.required_detectors, 'bench/compare.py')))
     files = {name: dict(path=path, md5=detectors.detector_fingerprint(path)) for name, path in found.items()}
     key = '{}|{}|{}'.format(cfg.metric, cfg.eval_data,
                             ','.join('{}={}'.format(k, v['md5'][:12]) for k, v in sorted(files.items())))
     return key, files
 
 
-def stage_detector(outdir, detector, detector_dir):
-    """--detector=FILE: a folder where FILE stands for the Inception detector, searched first."""
+def stage_detector(outdir, detector, detector_dir, metric=None):
+    """--detector=FILE: checked against the documented call (detectors.FEATURE_SIGNATURE), then
+    placed in <outdir>/detector, where it stands for the Inception detector and is searched first."""
+    from metrics import detectors
     path = os.path.abspath(os.path.expanduser(detector))
     if not os.path.isfile(path):
-        raise CompareError('--detector: {} is not a file'.format(detector))
-    folder = os.path.join(outdir, 'detector')
-    os.makedirs(folder, exist_ok=True)
-    link = os.path.join(folder, INCEPTION_FILE)
-    if os.path.islink(link) or os.path.exists(link):
-        if os.path.realpath(link) != os.path.realpath(path):
-            os.remove(link)
-    if not os.path.exists(link):
-        try:
-            os.symlink(path, link)
-        except OSError:
-            import shutil
-            shutil.copy2(path, link)
+        raise CompareError('--detector: {} is not a file; give a TorchScript feature network called as {}'.format(
+            detector, detectors.FEATURE_SIGNATURE))
+    try:
+        detectors.check_feature_detector(path, probabilities=bool(metric and metric.startswith('is')))
+        folder = detectors.stage_detector(path, os.path.join(outdir, 'detector'))
+    except (ValueError, OSError) as err:
+        raise CompareError(str(err))
     return folder + (os.pathsep + detector_dir if detector_dir else '')

@@ -70,15 +70,22 @@ def run_spec(cfg, method, seed):
                 minutes=cfg.minutes)
 
 
-def _child_env():
-    return dict(os.environ, PYTHONUNBUFFERED='1')
+def _child_env(cfg=None):
+    """train.py's environment: unbuffered, and --detector-dir searched first (as $KDGAN_DETECTOR_DIR), so
+    the runs find the files the preflight found."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    folders = getattr(cfg, 'detector_dir', None)
+    if folders:
+        env['KDGAN_DETECTOR_DIR'] = os.pathsep.join(p for p in (folders, env.get('KDGAN_DETECTOR_DIR')) if p)
+    return env
 
 
 def dry_run(cfg, method):
-    """train.py --dry-run with the method's flags: catches a bad name or flag before any training."""
+    """train.py --dry-run with the method's flags: catches a bad name or flag before any training.
+    Returns its output (the resolved training options)."""
     cmd = train_command(cfg, method, 0) + ['--dry-run']
     cmd[2] = '--outdir=' + os.path.join(cfg.outdir, 'runs', '.dry-run')
-    res = subprocess.run(cmd, cwd=ROOT, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    res = subprocess.run(cmd, cwd=ROOT, env=_child_env(cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, check=False)
     if res.returncode != 0:
         tail = '\n'.join(res.stdout.strip().splitlines()[-15:])
@@ -87,6 +94,28 @@ def dry_run(cfg, method):
     os.makedirs(os.path.join(cfg.outdir, 'methods'), exist_ok=True)
     write_text_atomic(os.path.join(cfg.outdir, 'methods', safe_name(method) + '.dry-run.txt'),
                       '$ ' + ' '.join(shlex.quote(a) for a in cmd[1:]) + '\n\n' + res.stdout)
+    return res.stdout
+
+
+def training_options(dry_run_text):
+    """The 'Training options:' JSON that train.py --dry-run prints (what training_loop would get)."""
+    head, sep, rest = dry_run_text.partition('Training options:')
+    if not sep or '{' not in rest:
+        raise CompareError('train.py --dry-run printed no training options; is it the harness\'s train.py?')
+    return json.JSONDecoder().raw_decode(rest[rest.index('{'):])[0]
+
+
+def check_method_files(cfg, method, dry_run_text):
+    """Every file the method's loss needs (LPIPS VGG16, KD teacher), found as its train.py run will
+    look for it (--detector-dir first); one clear CompareError naming the method when one is missing."""
+    import click
+    import train
+    options = training_options(dry_run_text)
+    try:
+        return train.check_loss_assets(options.get('loss_kwargs'), detector_dir=cfg.detector_dir)
+    except click.ClickException as err:
+        raise CompareError('method {}: {} (compare.py passes train.py flags per method with --extra-for, e.g. '
+                           "--extra-for='--cfg=fastgan:--recon=mse')".format(method, err.format_message()))
 
 
 def _pump(stream, lines):
@@ -206,7 +235,7 @@ class _Watch:
 def _start_child(cfg, method, seed, resume, logf, label):
     cmd = train_command(cfg, method, seed, resume=resume)
     logf.write('\n$ {}\n'.format(' '.join(shlex.quote(a) for a in cmd)))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(),
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(cfg),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             preexec_fn=_child_signals if os.name == 'posix' else None)
     say('[compare] {}: training {} (train.py pid {})'.format(

@@ -8,7 +8,9 @@ from bench.comparison.common import CompareError, RunFailed, say
 from bench.comparison.evaluation import Evaluator, evaluated, metric_identity, primary_value
 from bench.comparison.grid import run_key
 from bench.comparison.results import fmt, write_outputs
-from bench.comparison.runner import State, dry_run, outdir_lock, run_spec, train_command, train_run
+from bench.comparison.runner import (State, check_method_files, dry_run, outdir_lock, run_spec, train_command,
+                                     train_run)
+from bench.comparison.snapshots import list_segments
 
 
 def _interrupt(signum, frame):
@@ -22,19 +24,35 @@ def compare(cfg, command):
         return _compare_locked(cfg, command)
 
 
+def never_started(cfg, entry):
+    """True for a run that trained nothing: no snapshot kept and no tick logged in any session folder
+    (train.py failed at once, or the runner stopped before it began)."""
+    if entry.get('status') in ('trained', 'finished') or entry.get('snapshots'):
+        return False
+    segments = list_segments(cfg.run_dir(entry['method'], entry['seed'], 'train'))
+    return not any(seg.read() or any(n.endswith('.ckpt.pt') for n in os.listdir(seg.path)) for seg in segments)
+
+
 def _check_settings(cfg, state, grid):
-    """An existing outdir keeps the settings it trained with; dry-run the flags of what is left to train."""
+    """An existing outdir keeps the settings it trained with (runs that never started excepted); dry-run
+    the flags of what is left to train and find every file those methods need."""
     for method, seed in grid:
-        entry = state.runs.get(run_key(method, seed))
+        key = run_key(method, seed)
+        entry = state.runs.get(key)
         spec = run_spec(cfg, method, seed)
-        if entry is not None and entry.get('spec') != spec:
+        if entry is not None and entry.get('spec') != spec and never_started(cfg, entry):
+            say('[compare] {} seed {} never started; it will train with the new settings'.format(method, seed))
+            del state.runs[key]
+            state.save()
+        elif entry is not None and entry.get('spec') != spec:
             raise CompareError('{} already holds {} seed {} trained with other settings:\n  was: {}\n  now: {}\n'
                                'use another --outdir (or the same settings)'.format(
                                    cfg.outdir, method, seed, json.dumps(entry.get('spec')), json.dumps(spec)))
     todo = [(m, s) for m, s in grid if state.runs.get(run_key(m, s), {}).get('status') not in ('finished', 'trained')]
     for method in dict.fromkeys(m for m, _ in todo):
-        say('[compare] checking the flags of {} (train.py --dry-run)'.format(method))
-        dry_run(cfg, method)
+        say('[compare] checking the flags of {} (train.py --dry-run) and the files its loss needs'.format(method))
+        for line in check_method_files(cfg, method, dry_run(cfg, method)):
+            say('  [{}] {}'.format(method, line))
 
 
 def _train(cfg, state, entry, method, seed, label, head):

@@ -17,7 +17,13 @@
   `terms` replaces the default set (the presets give it explicitly, so that a
   `--loss=kdgan.*` preset can add its terms next to it);
 * no R1 (r1_gamma=0), no path length (pl_weight=0: FastGAN's mapping passes z
-  through and has no parameters), no style mixing during training.
+  through and has no parameters), no style mixing during training;
+* `fake_reuse=True`: one G forward per minibatch, its fakes serving D's step
+  and then G's (the official loop's order: D first); False gives the
+  harness's previous order (G's phase first, each phase drawing its own fakes);
+* `precision`: 'fp32' here (machine-independent numerics for direct users);
+  the fastgan presets pass 'auto': bf16 autocast where the CPU computes bf16
+  natively, fp32 otherwise (see training.loss).
 """
 
 from training.loss import StyleGAN2Loss
@@ -35,7 +41,7 @@ def default_terms(recon='lpips', weight=1.0):
 class FastGANLoss(StyleGAN2Loss):
     def __init__(self, device, G_mapping, G_synthesis, D, augment_pipe=None, style_mixing_prob=0, r1_gamma=0,
                  pl_batch_shrink=2, pl_decay=0.01, pl_weight=0, adversarial='hinge', hinge_margin=(0.8, 1.0),
-                 G_aux=True, terms=None, **kwargs):
+                 G_aux=True, terms=None, precision='fp32', fake_reuse=True, **kwargs):
         if pl_weight:
             raise ValueError('FastGANLoss: path length regularisation needs a mapping network with parameters; '
                              'FastGAN passes z through, so pl_weight must be 0')
@@ -44,4 +50,4 @@ class FastGANLoss(StyleGAN2Loss):
         super().__init__(device, G_mapping, G_synthesis, D, augment_pipe=augment_pipe,
                          style_mixing_prob=style_mixing_prob, r1_gamma=r1_gamma, pl_batch_shrink=pl_batch_shrink,
                          pl_decay=pl_decay, pl_weight=pl_weight, adversarial=adversarial, hinge_margin=hinge_margin,
-                         G_aux=G_aux, terms=terms, **kwargs)
+                         G_aux=G_aux, terms=terms, precision=precision, fake_reuse=fake_reuse, **kwargs)

@@ -16,11 +16,12 @@ injection (one learned scalar, initialised to 0); skip-layer excitation
 0. With ngf = ndf = 64, nz = 256, 3 channels and no labels the parameter
 counts equal the official ones (tests/test_fastgan_networks.py).
 
-Smaller outputs (64 and 128, for small data and tests) use the same rules:
+Smaller outputs (32, 64 and 128, for small data and tests) use the same rules:
 
 * G: the same trunk (same channels by spatial size, same block types),
   stopped at the output size; an SLE exists only where its target size is
-  within the output (64 gets SLE(4->64); 128 gets SLE(4->64), SLE(8->128)).
+  within the output (32 has none; 64 gets SLE(4->64); 128 gets SLE(4->64),
+  SLE(8->128)).
   `to_big` is the 3x3 conv from the output-size map; the auxiliary image is
   the 1x1 conv `to_128` from the map at min(res, 128), so at 64 both come
   from the 64-pixel map.
@@ -29,12 +30,19 @@ Smaller outputs (64 and 128, for small data and tests) use the same rules:
   256-pixel trunk has at that spatial size (ndf/2 at 128, ndf at 64),
   followed by the DownComp blocks of the trunk from that size down to 8.
   The in-D SLEs whose source size lies inside the input exist
-  (128: (128->16), (64->8); 64: (64->8)). The small path reads the image at
+  (128: (128->16), (64->8); 64: (64->8); 32: none). The small path reads the image at
   min(res, 128) with channels by spatial size (at ndf = 64: 64:32, 32:64,
   16:128, 8:256):
   first a 4x4 stride-2 conv, then Down blocks to 8x8x256, 5x5 logits. The
   decoders produce min(res, 128) pixels (the same Up chain, stopped there),
-  and the reconstruction targets are made at that size.
+  and the reconstruction targets are made at that size. Their widths follow
+  ndf with `decoder_widths='ndf'` (what the presets build: at ndf = 64 the
+  official 128/64/64/32; at ndf = 8 16/8/8/4), or stay the official ones
+  with 'fixed' (the default, so that networks recorded before the option
+  existed rebuild unchanged).
+
+Single-channel (grayscale) data works at every size: img_channels sets the
+channels of G's outputs and of D's inputs and decoder outputs.
 
 `lite=True` (the `fastgan_lite` preset) makes every generator up block a
 plain Up block (no UpComp, hence no noise injection); D is unchanged.
@@ -132,7 +140,7 @@ from torch_utils import persistence
 # precision of its inputs. They are accepted and ignored.
 _IGNORED_G_KEYS = ('num_fp16_res', 'conv_clamp', 'fp16_channels_last')
 _IGNORED_D_KEYS = ('num_fp16_res', 'conv_clamp')
-_SUPPORTED_RESOLUTIONS = (64, 128, 256, 512, 1024)
+_SUPPORTED_RESOLUTIONS = (32, 64, 128, 256, 512, 1024)
 
 # Channel multipliers of ngf by spatial size (official generator).
 _G_MULT = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5, 512: 0.25, 1024: 0.125}
@@ -146,8 +154,32 @@ _D_MULT = {256: 0.25, 128: 0.5, 64: 1, 32: 2, 16: 4, 8: 8}
 _D_SLE = {256: 32, 128: 16, 64: 8}
 # Small path channels by spatial size (multipliers of ndf).
 _D_SMALL_MULT = {64: 0.5, 32: 1, 16: 2, 8: 4}
-# Decoder channels by spatial size (fixed, not scaled by ndf, as in the official code).
+# Decoder channels by spatial size. 'fixed': the official code's widths at every ndf (what
+# discriminators built before `decoder_widths` existed have); 'ndf': multipliers of ndf that give
+# exactly those widths at ndf = 64, so a narrow D no longer carries full-width decoders.
 _DEC_CH = {16: 128, 32: 64, 64: 64, 128: 32}
+_DEC_MULT = {16: 2, 32: 1, 64: 1, 128: 0.5}
+DECODER_WIDTHS = ('fixed', 'ndf')
+# How an Up block computes its first convolution: 'nearest' upsamples by 2 and applies the 3x3
+# kernel (the reference arithmetic); 'folded' applies the same linear map as one stride-2 4x4
+# transposed convolution whose taps are sums of the 3x3 taps (4/9 of the multiply-adds; equal up to
+# float rounding). The parameters are the same either way.
+UP_CONVS = ('nearest', 'folded')
+
+
+def decoder_channels(ndf, decoder_widths):
+    """{spatial size: channels} of the reconstruction decoders."""
+    if decoder_widths == 'fixed':
+        return dict(_DEC_CH)
+    if decoder_widths == 'ndf':
+        return {s: max(1, int(m * ndf)) for s, m in _DEC_MULT.items()}
+    raise ValueError(f'decoder_widths must be one of {DECODER_WIDTHS}, got {decoder_widths!r}')
+
+
+def _check_up_conv(up_conv):
+    if up_conv not in UP_CONVS:
+        raise ValueError(f'up_conv must be one of {UP_CONVS}, got {up_conv!r}')
+    return up_conv
 
 
 def _check_resolution(res):
@@ -185,6 +217,12 @@ class _SpectralNormBase(torch.nn.Module):
         self.register_buffer('weight_v', _sn_normalize(torch.randn(cols)))
 
     def normalized_weight(self):
+        # Autocast off: the power iteration and sigma stay in the parameters' precision (fp32);
+        # callers cast the normalised weight to their activations' dtype.
+        with torch.autocast(device_type=self.weight_orig.device.type, enabled=False):
+            return self._normalized_weight()
+
+    def _normalized_weight(self):
         w = self.weight_orig
         mat = w.movedim(self.sn_dim, 0).reshape(w.shape[self.sn_dim], -1)
         if self.training:
@@ -198,10 +236,7 @@ class _SpectralNormBase(torch.nn.Module):
             # Clones: the buffers may be rewritten by a later training-mode call before backward.
             u = self.weight_u.clone()
             v = self.weight_v.clone()
-        # sigma in the parameters' precision: under autocast the matrix product would run in
-        # bf16/fp16 while u stays fp32, and torch.dot refuses mixed dtypes.
-        with torch.autocast(device_type=mat.device.type, enabled=False):
-            sigma = torch.dot(u.to(mat.dtype), mat @ v.to(mat.dtype))
+        sigma = torch.dot(u.to(mat.dtype), mat @ v.to(mat.dtype))
         return w / sigma
 
 
@@ -247,6 +282,18 @@ class SNLinear(_SpectralNormBase):
         return F.linear(x, self.normalized_weight().to(x.dtype))
 
 # Normalisation and small blocks.
+
+# Row/column taps of the folded up-convolution: a 3x3 conv after nearest x2 upsampling equals a
+# stride-2, padding-1 transposed conv with 4x4 taps, tap t = sum of the 3x3 taps that land on the
+# same input pixel for the output parity t selects.
+_FOLD = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def folded_up_conv(x, weight):
+    """conv3x3(nearest_up2(x), weight, padding=1) as one transposed convolution; weight [O, I, 3, 3]."""
+    fold = torch.tensor(_FOLD, dtype=weight.dtype, device=weight.device)
+    kernel = torch.einsum('pk,oikl,ql->iopq', fold, weight, fold)
+    return F.conv_transpose2d(x, kernel.to(x.dtype), None, stride=2, padding=1)
 
 
 def _init_bn(bn):
@@ -331,12 +378,14 @@ class InitLayer(torch.nn.Module):
 class UpBlock(torch.nn.Module):
     """Up(i -> o): nearest x2 -> 3x3 conv i -> 2o -> BN -> GLU.
     With comp=True, UpComp(i -> o): nearest x2 -> 3x3 conv i -> 2o -> noise -> BN -> GLU
-    -> 3x3 conv o -> 2o -> noise -> BN -> GLU."""
+    -> 3x3 conv o -> 2o -> noise -> BN -> GLU. `up_conv` picks how the first two steps are
+    computed ('nearest' or 'folded', see UP_CONVS)."""
 
-    def __init__(self, in_channels, out_channels, resolution, comp=False, c_dim=0):
+    def __init__(self, in_channels, out_channels, resolution, comp=False, c_dim=0, up_conv='nearest'):
         super().__init__()
         self.comp = comp
         self.resolution = resolution
+        self.up_conv = _check_up_conv(up_conv)
         self.conv1 = SNConv2d(in_channels, out_channels * 2, 3, 1, 1)
         self.norm1 = CondBatchNorm(out_channels * 2, c_dim)
         if comp:
@@ -352,8 +401,10 @@ class UpBlock(torch.nn.Module):
                 self.noise2.make_noise(batch, noise_mode, device, dtype))
 
     def forward(self, x, c=None, noise=None):
-        x = F.interpolate(x, scale_factor=2, mode='nearest')
-        x = self.conv1(x)
+        if self.up_conv == 'folded':
+            x = folded_up_conv(x, self.conv1.normalized_weight())
+        else:
+            x = self.conv1(F.interpolate(x, scale_factor=2, mode='nearest'))
         if self.comp:
             x = self.noise1(x, noise[0])
         x = F.glu(self.norm1(x, c), dim=1)
@@ -418,7 +469,8 @@ class FastGANMapping(torch.nn.Module):
 class FastGANSynthesis(torch.nn.Module):
     """ws [N, 2, w_dim] -> image (and the auxiliary min(res, 128) image). See the module docstring."""
 
-    def __init__(self, z_dim, c_dim, img_resolution, img_channels, ngf=64, lite=False, output_tanh=None):
+    def __init__(self, z_dim, c_dim, img_resolution, img_channels, ngf=64, lite=False, output_tanh=None,
+                 up_conv='nearest'):
         super().__init__()
         _check_resolution(img_resolution)
         self.z_dim = z_dim
@@ -437,12 +489,13 @@ class FastGANSynthesis(torch.nn.Module):
         self.block_sizes = [s for s in (8, 16, 32, 64, 128, 256, 512, 1024) if s <= img_resolution]
         for s in self.block_sizes:
             comp = _G_COMP[s] and not lite
-            setattr(self, f'feat_{s}', UpBlock(ch[s // 2], ch[s], s, comp=comp, c_dim=c_dim))
+            setattr(self, f'feat_{s}', UpBlock(ch[s // 2], ch[s], s, comp=comp, c_dim=c_dim, up_conv=up_conv))
         self.sle_sizes = [s for s in sorted(_G_SLE) if s <= img_resolution]
         for s in self.sle_sizes:
             setattr(self, f'se_{s}', SLEBlock(ch[_G_SLE[s]], ch[s]))
-        # Largest trunk size that feeds an SLE: a second low-res pass stops there.
-        self.max_source = max(_G_SLE[s] for s in self.sle_sizes)
+        # Largest trunk size that feeds an SLE: a second low-res pass stops there (at 32 there is
+        # no SLE, so style index 1 changes nothing).
+        self.max_source = max([_G_SLE[s] for s in self.sle_sizes], default=4)
         self.to_big = SNConv2d(ch[img_resolution], img_channels, 3, 1, 1)
         self.to_128 = SNConv2d(ch[self.aux_resolution], img_channels, 1, 1, 0)
 
@@ -499,13 +552,15 @@ class Generator(torch.nn.Module):
     z_dim or z_dim + c_dim; None allowed: FastGAN's w is z, plus the label
     for a conditional G), img_resolution in 64..1024, img_channels,
     mapping_kwargs (empty: there is no mapping network), synthesis_kwargs
-    (may hold ngf / lite / output_tanh; StyleGAN2-only precision keys are
-    ignored), ngf (64), lite (every up block plain: Up instead of UpComp),
-    output_tanh (None: official, tanh only at 1024).
+    (may hold ngf / lite / output_tanh / up_conv; StyleGAN2-only precision keys
+    are ignored), ngf (64), lite (every up block plain: Up instead of UpComp),
+    output_tanh (None: official, tanh only at 1024), up_conv ('nearest', the
+    reference arithmetic and the default of networks that recorded none, or
+    'folded', see UP_CONVS).
     """
 
     def __init__(self, z_dim=256, c_dim=0, w_dim=None, img_resolution=256, img_channels=3, mapping_kwargs={},
-                 synthesis_kwargs={}, ngf=64, lite=False, output_tanh=None):
+                 synthesis_kwargs={}, ngf=64, lite=False, output_tanh=None, up_conv='nearest'):
         super().__init__()
         _check_resolution(img_resolution)
         if w_dim not in (None, z_dim, z_dim + c_dim):
@@ -513,7 +568,7 @@ class Generator(torch.nn.Module):
                              f'(or z_dim + c_dim), got {w_dim}')
         if mapping_kwargs:
             raise TypeError(f'FastGAN has no mapping network; unsupported mapping_kwargs {sorted(mapping_kwargs)}')
-        arch = dict(ngf=ngf, lite=lite, output_tanh=output_tanh)
+        arch = dict(ngf=ngf, lite=lite, output_tanh=output_tanh, up_conv=up_conv)
         rest = {}
         for key, value in synthesis_kwargs.items():
             if key in arch:
@@ -616,17 +671,18 @@ class DownCompBlock(torch.nn.Module):
 
 @persistence.persistent_class
 class SimpleDecoder(torch.nn.Module):
-    """Adaptive avg-pool to 8x8 -> Up blocks (16:128, 32:64, 64:64, 128:32 channels) up to
-    out_resolution -> 3x3 conv -> tanh."""
+    """Adaptive avg-pool to 8x8 -> Up blocks (channels by size: `channels`, default the official
+    16:128, 32:64, 64:64, 128:32) up to out_resolution -> 3x3 conv -> tanh."""
 
-    def __init__(self, in_channels, img_channels, out_resolution=128):
+    def __init__(self, in_channels, img_channels, out_resolution=128, channels=None, up_conv='nearest'):
         super().__init__()
         self.out_resolution = out_resolution
+        channels = dict(_DEC_CH if channels is None else channels)
         blocks = []
         prev, s = in_channels, 16
         while s <= out_resolution:
-            blocks.append(UpBlock(prev, _DEC_CH[s], s))
-            prev, s = _DEC_CH[s], s * 2
+            blocks.append(UpBlock(prev, channels[s], s, up_conv=up_conv))
+            prev, s = channels[s], s * 2
         self.blocks = torch.nn.ModuleList(blocks)
         self.to_img = SNConv2d(prev, img_channels, 3, 1, 1)
 
@@ -641,16 +697,21 @@ class SimpleDecoder(torch.nn.Module):
 class Discriminator(torch.nn.Module):
     """FastGAN discriminator with the harness interface; see the module docstring.
 
-    Arguments: c_dim, img_resolution in 64..1024, img_channels, ndf (64).
-    StyleGAN2-only keys the harness may add (num_fp16_res, conv_clamp,
+    Arguments: c_dim, img_resolution in 32..1024, img_channels, ndf (64),
+    decoder_widths ('fixed': the official decoder widths whatever ndf is, the
+    default of networks that recorded none; 'ndf': scaled with ndf, equal to
+    the official ones at ndf = 64), up_conv (the decoders' Up blocks, see
+    UP_CONVS). StyleGAN2-only keys the harness may add (num_fp16_res, conv_clamp,
     block_kwargs.fp16_channels_last, epilogue_kwargs.mbstd_*; FastGAN has no
     minibatch-stddev layer) are ignored; Freeze-D is not supported.
     """
 
     def __init__(self, c_dim=0, img_resolution=256, img_channels=3, ndf=64, block_kwargs={}, mapping_kwargs={},
-                 epilogue_kwargs={}, **kwargs):
+                 epilogue_kwargs={}, decoder_widths='fixed', up_conv='nearest', **kwargs):
         super().__init__()
         _check_resolution(img_resolution)
+        dec_ch = decoder_channels(ndf, decoder_widths)
+        _check_up_conv(up_conv)
         _pop_ignored(kwargs, _IGNORED_D_KEYS, 'FastGAN Discriminator')
         if block_kwargs.get('freeze_layers'):
             raise ValueError('FastGAN Discriminator: Freeze-D (freeze_layers > 0) is not supported')
@@ -704,9 +765,10 @@ class Discriminator(torch.nn.Module):
 
         # Decoders (real images only).
         self.part_channels = ch[16]
-        self.decoder_big = SimpleDecoder(ch[8], img_channels, self.recon_resolution)
-        self.decoder_small = SimpleDecoder(sch[8], img_channels, self.recon_resolution)
-        self.decoder_part = SimpleDecoder(ch[16], img_channels, self.recon_resolution)
+        dec = dict(channels=dec_ch, up_conv=up_conv)
+        self.decoder_big = SimpleDecoder(ch[8], img_channels, self.recon_resolution, **dec)
+        self.decoder_small = SimpleDecoder(sch[8], img_channels, self.recon_resolution, **dec)
+        self.decoder_part = SimpleDecoder(ch[16], img_channels, self.recon_resolution, **dec)
 
         if c_dim > 0:
             self.embed = SNLinear(c_dim, ch[8])

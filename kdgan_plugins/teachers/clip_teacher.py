@@ -188,6 +188,25 @@ def format_prompts(labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> L
         raise ValueError("prompt template {!r} must contain '{{label}}'".format(template))
     return [template.format(label=label) for label in labels]
 
+
+def prompt_summary(labels=None, template: Optional[str] = None, dataset_class_names=None) -> str:
+    """One line for the start of a run: the prompts the teacher will embed, where their labels come
+    from, and -- when they are the paper's face expressions -- how to give your own."""
+    auto = labels is None or (isinstance(labels, str) and labels.strip().lower() in ('', 'auto'))
+    names = resolve_labels('auto', dataset_class_names) if dataset_class_names else None
+    used = resolve_labels(labels, names) if not auto else (names or list(FACE_EXPRESSIONS))
+    prompts = format_prompts(used, template or DEFAULT_TEMPLATE)
+    shown = ', '.join(repr(p) for p in prompts[:8]) + (', ...' if len(prompts) > 8 else '')
+    if not auto:
+        origin = 'labels from --kd-labels'
+    elif names:
+        origin = "the data set's class names"
+    else:
+        origin = ("KD-DLGAN's face-expression labels, because the data set names no classes; for your own "
+                  "images set --kd-labels=a,b,c (or a file, one label per line) and --kd-template='{}'".format(
+                      template or DEFAULT_TEMPLATE))
+    return '{} prompts: {} ({})'.format(len(prompts), shown, origin)
+
 # open_clip metadata without importing open_clip (its import takes seconds).
 
 

@@ -17,9 +17,17 @@ is looked for, in this order:
 4. a download through `open_url` into that cache.
 
 With no file and no network, `AssetUnavailableError` carries ONE line that
-names the file, the URL and every way to supply it. `quick=True` bounds the
-download attempt by a short reachability probe, so an offline machine gets
-that line in a couple of seconds instead of after minutes of retries.
+names the file, the URL and every way to supply it, and which options need
+the file and how to do without it (each asset lists its `Use`s; a caller that
+knows its context narrows them: `err.in_context('loss')` for a loss term,
+`err.for_metrics(...)` for the metrics a tool was asked for). `quick=True`
+bounds the download attempt by a short reachability probe, so an offline
+machine gets that line in a couple of seconds instead of after minutes of
+retries.
+
+`--detector=PATH` (calc_metrics.py, bench/compare.py): `check_feature_detector`
+calls the file as the metrics will (FEATURE_SIGNATURE) and `stage_detector`
+puts it in a folder where it stands for the Inception file.
 
 `load_detector(url, device)` resolves a detector and loads it: NVIDIA's
 TorchScript files with `torch.jit.load`, pytorch-fid's `.pth` through our port
@@ -32,7 +40,7 @@ import os
 import threading
 import urllib.parse
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import dnnlib
 
@@ -49,19 +57,57 @@ PYTORCH_FID_INCEPTION_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 # Asset descriptions.
 
 
+class Use(NamedTuple):
+    """One reason the harness wants a file, and the way to go on without it.
+
+    `kind` says where the need comes from ('loss', 'metric' or 'tool'), so a
+    caller that knows its context can keep only the uses that apply to it.
+    """
+    kind: str
+    needs: str
+    avoid: str
+
+
 class AssetUnavailableError(FileNotFoundError):
     """The asset is in none of the places looked at and could not be downloaded.
 
-    `str(err)` is a single line meant to be shown to the user as it is.
+    `str(err)` is a single line meant to be shown to the user as it is. The
+    caller that knows why the file was wanted re-words it with `needed_for`
+    (or `in_context` / `for_metrics`), so the user reads which of their
+    options needs the file and which option does without it.
     """
 
-    def __init__(self, message: str, asset: Optional['Asset'] = None):
+    def __init__(self, message: str, asset: Optional['Asset'] = None, reason: Optional[str] = None,
+                 cache_dir: Optional[str] = None):
         super().__init__(message)
         self.message = message
         self.asset = asset
+        self.reason = reason
+        self.cache_dir = cache_dir
 
     def __str__(self) -> str:
         return self.message
+
+    def needed_for(self, *uses: Use) -> 'AssetUnavailableError':
+        """The same error, its message naming `uses` instead of every use of the asset."""
+        if self.asset is None or not uses:
+            return self
+        text = unavailable_message(self.asset, self.reason, self.cache_dir, uses=uses)
+        return AssetUnavailableError(text, self.asset, self.reason, self.cache_dir)
+
+    def in_context(self, kind: str) -> 'AssetUnavailableError':
+        """Keep the asset's uses of one kind ('loss' from a loss-asset check, ...)."""
+        if self.asset is None:
+            return self
+        return self.needed_for(*[use for use in self.asset.uses if use.kind == kind])
+
+    def for_metrics(self, metrics: Sequence[str], required: Callable, tool: str) -> 'AssetUnavailableError':
+        """Name the metrics of `metrics` that need this file (`required([name])` lists a metric's
+        detectors, as metric_main.required_detectors does) and what `tool` offers instead."""
+        if self.asset is None:
+            return self
+        names = [m for m in metrics if any(get_asset(str(d)) is self.asset for d in required([m]))]
+        return self.needed_for(metric_use(self.asset, names or list(metrics), tool))
 
 
 class Asset:
@@ -76,7 +122,7 @@ class Asset:
 
     def __init__(self, key: str, description: str, files: Sequence[Tuple[str, Optional[str]]],
                  env_var: str = DEFAULT_ENV_VAR, flag: Optional[str] = DEFAULT_FLAG,
-                 extra_dirs: Sequence[str] = ()):
+                 extra_dirs: Sequence[str] = (), uses: Sequence[Use] = ()):
         if not files:
             raise ValueError('an asset needs at least one file')
         self.key = key
@@ -85,6 +131,7 @@ class Asset:
         self.env_var = env_var
         self.flag = flag
         self.extra_dirs = list(extra_dirs)
+        self.uses = list(uses)
 
     @property
     def url(self) -> Optional[str]:
@@ -140,13 +187,41 @@ def _torch_hub_checkpoints() -> List[str]:
     return [os.path.join(hub, 'checkpoints')]
 
 
+# Who needs each file, and how to go on without it (shown when the caller gives no narrower context).
+RECON_USE = Use('loss', "--recon=lpips (the image-reconstruction loss of FastGAN's discriminator, the default "
+                "of --cfg=fastgan)", 'pass --recon=mse (or --recon=l1), which needs no file')
+INCEPTION_USES = (
+    Use('metric', 'the FID/KID/IS metrics (train.py --metrics=fid50k_full is the default)',
+        'train.py --metrics=none, or --detector=PATH (any TorchScript feature network) in calc_metrics.py and '
+        'bench/compare.py (README, "Evaluating offline")'),
+)
+VGG16_USES = (
+    RECON_USE,
+    Use('metric', 'the metrics pr50k3*/ppl*', 'train.py --metrics=none, or FID/KID metrics'),
+    Use('tool', "projector.py's LPIPS distance", 'none, projector.py cannot work without it'),
+)
+
 register_asset(Asset(
-    key='inception', description='Inception-v3 feature detector (FID/KID/IS)',
+    key='inception', description='Inception-v3 feature detector',
     files=[('inception-2015-12-05.pt', INCEPTION_URL), (PYTORCH_FID_INCEPTION_NAME, PYTORCH_FID_INCEPTION_URL)],
-    extra_dirs=[_torch_hub_checkpoints]))
+    extra_dirs=[_torch_hub_checkpoints], uses=INCEPTION_USES))
 register_asset(Asset(
-    key='vgg16', description='VGG16 feature detector (precision/recall, PPL, projector LPIPS)',
-    files=[('vgg16.pt', VGG16_URL)]))
+    key='vgg16', description='VGG16 feature detector',
+    files=[('vgg16.pt', VGG16_URL)], uses=VGG16_USES))
+
+
+def metric_use(asset: Asset, metrics: Sequence[str], tool: str) -> Use:
+    """The use 'these metrics of this tool need the file', with what that tool offers instead."""
+    option = '--metric' if tool == 'bench/compare.py' else '--metrics'
+    needs = '{} {}={}'.format(tool, option, ','.join(metrics))
+    if tool == 'train.py':
+        avoid = 'pass --metrics=none (evaluate the snapshots later with calc_metrics.py'
+        avoid += ' --detector=PATH)' if asset.key == 'inception' else ')'
+    elif asset.key == 'inception':
+        avoid = ('pass --detector=PATH, another TorchScript feature network (README, "Evaluating offline")')
+    else:
+        avoid = 'choose FID/KID metrics, which --detector=PATH can compute with another feature network'
+    return Use('metric', needs, avoid)
 
 
 def _adhoc_asset(url: str) -> Asset:
@@ -264,8 +339,15 @@ def how_to_provide(asset: Asset, cache_dir: Optional[str] = None) -> str:
     return ('Fetch it elsewhere, then ' if asset.url else '') + ', '.join(ways) + '.'
 
 
-def unavailable_message(asset: Asset, reason: Optional[str] = None, cache_dir: Optional[str] = None) -> str:
-    """One line: which file is missing, where it was looked for, what failed, and how to supply it."""
+def uses_sentence(uses: Sequence[Use]) -> str:
+    """'A needs it; to do without: a.' for each use: the options that need the file and the ways around."""
+    return ''.join('{} needs it; to do without: {}. '.format(u.needs, u.avoid) for u in uses)
+
+
+def unavailable_message(asset: Asset, reason: Optional[str] = None, cache_dir: Optional[str] = None,
+                        uses: Optional[Sequence[Use]] = None) -> str:
+    """One line: which file is missing, where it was looked for, what failed, which options need
+    it and which do without it (`uses`, default: all the asset's uses), and how to supply it."""
     names = "'{}'".format(asset.filename)
     if len(asset.files) > 1:
         names += ' (or ' + ', '.join("'{}'".format(n) for n in asset.filenames[1:]) + ')'
@@ -276,7 +358,7 @@ def unavailable_message(asset: Asset, reason: Optional[str] = None, cache_dir: O
         text += ', and downloading {} failed ({})'.format(asset.url, reason)
     elif asset.url:
         text += ' (no download attempted; it comes from {})'.format(asset.url)
-    return text + '. ' + how_to_provide(asset, cache_dir)
+    return text + '. ' + uses_sentence(asset.uses if uses is None else uses) + how_to_provide(asset, cache_dir)
 
 
 def resolve_asset(url_or_name: str, detector_dir: Optional[str] = None, env_var: Optional[str] = None,
@@ -310,16 +392,17 @@ def resolve_asset(url_or_name: str, detector_dir: Optional[str] = None, env_var:
     if hit is not None:
         return hit
     if not download or not asset.url:
-        raise AssetUnavailableError(unavailable_message(asset, None, cache_dir), asset)
+        raise AssetUnavailableError(unavailable_message(asset, None, cache_dir), asset, None, cache_dir)
     if quick:
         reason = _probe(asset.url, QUICK_TIMEOUT)
         if reason is not None:
-            raise AssetUnavailableError(unavailable_message(asset, reason, cache_dir), asset)
+            raise AssetUnavailableError(unavailable_message(asset, reason, cache_dir), asset, reason, cache_dir)
     try:
         return dnnlib.util.open_url(asset.url, cache_dir=cache_dir, num_attempts=num_attempts, verbose=verbose,
                                     return_filename=True)
     except IOError as err:
-        raise AssetUnavailableError(unavailable_message(asset, _short_reason(err), cache_dir), asset) from None
+        reason = _short_reason(err)
+        raise AssetUnavailableError(unavailable_message(asset, reason, cache_dir), asset, reason, cache_dir) from None
 
 # Loading detectors.
 
@@ -360,6 +443,67 @@ def load_detector(url: str, device, detector_dir: Optional[str] = None, verbose:
         if key not in _detector_cache:
             _detector_cache[key] = load_detector_file(path, device)
         return _detector_cache[key]
+
+
+# Another feature network in the Inception file's place (`--detector=PATH`).
+
+FEATURE_SIGNATURE = ('det(images, return_features=True) -> float tensor [N, D], images a uint8-range NCHW RGB '
+                     'tensor of any size (the network resizes them itself); for IS also det(images, '
+                     'no_output_bias=True) -> class probabilities [N, K]')
+
+
+def stage_detector(path: str, folder: Optional[str] = None) -> str:
+    """A folder in which `path` stands for the Inception file (searched first when given as a
+    detector folder, so FID/KID/IS use it). Default folder: one per file content under dnnlib's
+    cache, so spawned processes and later runs find the same one. Returns the folder."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise AssetUnavailableError("--detector: '{}' is not a file. Give a TorchScript feature network "
+                                    "called as {}.".format(path, FEATURE_SIGNATURE))
+    if folder is None:
+        folder = dnnlib.util.make_cache_dir_path('custom-detectors', detector_fingerprint(path)[:16])
+    os.makedirs(folder, exist_ok=True)
+    name = PYTORCH_FID_INCEPTION_NAME if is_pytorch_fid_file(path) else get_asset('inception').filename
+    link = os.path.join(folder, name)
+    for other in get_asset('inception').filenames:   # one stand-in per folder
+        stale = os.path.join(folder, other)
+        if (os.path.lexists(stale) and (other != name or os.path.realpath(stale) != os.path.realpath(path))):
+            os.remove(stale)
+    if not os.path.lexists(link):
+        try:
+            os.symlink(path, link)
+        except OSError:
+            import shutil
+            shutil.copy2(path, link)
+    return folder
+
+
+def check_feature_detector(path: str, probabilities: bool = False) -> int:
+    """Load `path` and call it as the metrics will (FEATURE_SIGNATURE) on two small images;
+    its feature width, or a one-line ValueError saying what does not fit."""
+    import torch
+    try:
+        det = load_detector_file(path, 'cpu')
+    except Exception as err:
+        raise ValueError("--detector: cannot load '{}' ({}); expected a TorchScript file (torch.jit.save) "
+                         "called as {}".format(path, _short_reason(err), FEATURE_SIGNATURE)) from None
+    images = torch.randint(0, 256, [2, 3, 64, 64], dtype=torch.uint8)
+    calls = [('return_features', 2)] + ([('no_output_bias', 2)] if probabilities else [])
+    width = None
+    for flag, ndim in calls:
+        try:
+            with torch.no_grad():
+                out = det(images, **{flag: True})
+        except Exception as err:
+            raise ValueError("--detector: '{}' fails when called as det(images, {}=True) ({}); expected {}".format(
+                path, flag, _short_reason(err), FEATURE_SIGNATURE)) from None
+        if not isinstance(out, torch.Tensor) or out.ndim != ndim or out.shape[0] != 2 or \
+                not out.is_floating_point():
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError("--detector: '{}' returned {} for det(images [2, 3, 64, 64], {}=True); expected a "
+                             "float tensor [2, D]: {}".format(path, got, flag, FEATURE_SIGNATURE))
+        width = width or int(out.shape[1])
+    return width
 
 
 def detector_fingerprint(path: str) -> str:

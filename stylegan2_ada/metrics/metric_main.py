@@ -146,7 +146,9 @@ def report_metric(result_dict, run_dir=None, snapshot_pkl=None):
     if run_dir is not None and snapshot_pkl is not None:
         snapshot_pkl = os.path.relpath(snapshot_pkl, run_dir)
 
-    line = json.dumps(dict(result_dict, snapshot_pkl=snapshot_pkl, timestamp=time.time()))
+    from torch_utils.training_stats import strict_json_value   # torch is loaded once a metric has run.
+    line = json.dumps(strict_json_value(dict(result_dict, snapshot_pkl=snapshot_pkl, timestamp=time.time())),
+                      allow_nan=False)   # Strict JSON: a non-finite result is written as null.
     print(line, flush=True)
     if run_dir is not None and os.path.isdir(run_dir):
         with open(os.path.join(run_dir, 'metric-{}.jsonl'.format(metric)), 'at', encoding='utf-8') as f:

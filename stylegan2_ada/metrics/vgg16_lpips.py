@@ -1,7 +1,7 @@
 """VGG16 with LPIPS weights, in the calling convention of NVIDIA's `vgg16.pt`.
 
-NVIDIA ships the VGG16 detector used by precision/recall, PPL and the
-projector as a TorchScript file, called as
+NVIDIA ships the VGG16 detector used by precision/recall, PPL, the
+projector and FastGAN's `--recon=lpips` loss as a TorchScript file, called as
 
     det(images, resize_images=True, return_lpips=False, return_features=False)
 

@@ -226,3 +226,15 @@ class Collector:
 
     def __getitem__(self, name: str) -> float:
         return self.mean(name)
+
+
+def strict_json_value(value):
+    """`value` (nested dicts, lists, numbers) with every NaN or infinity replaced by None, so that
+    json.dumps(..., allow_nan=False) writes strict JSON (a diverged loss is `null`, not `NaN`)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return type(value)((key, strict_json_value(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return [strict_json_value(item) for item in value]
+    return value

@@ -16,11 +16,16 @@ without executing code. It holds:
   trajectory. A resume with different options is refused, naming the options.
 
 Files are written to a temporary name and renamed into place, so a crash
-never leaves a half-written checkpoint.
+never leaves a half-written checkpoint. The training loop renames a snapshot's
+checkpoint into place after its pickle (and model file): a snapshot counts as
+complete only when its checkpoint exists, and a pickle without one is never
+taken for a resume of a folder.
 
 API for train.py:
-    find_latest(run_dir)  -> path of the newest snapshot in a run folder, or None
-    resolve_resume(path)  -> EasyDict(pkl, ckpt, exact, kimg) describing a resume
+    find_latest(run_dir)      -> the newest complete snapshot in a run folder, or None
+    find_resumable(folder)    -> the same for a run folder's lineage or an --outdir
+    resolve_resume(path, mode) -> EasyDict(pkl, ckpt, exact, kimg) describing a resume
+    remove_stale_temporaries(folders) -> leftovers of killed writers, removed
 
 The loop keeps everything a checkpoint holds in one `TrainingState`; this module
 writes it (`training_state_dict`) and puts it back (`restore_networks`,
@@ -44,6 +49,8 @@ FORMAT_NAME = 'kdgan-exact-resume'
 FORMAT_VERSION = 1
 CKPT_SUFFIX = '.ckpt.pt'
 _SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d+)(\.pkl|\.ckpt\.pt)$')
+_RUN_FOLDER_RE = re.compile(r'^(\d+)-')
+_TEMPORARY_RE = re.compile(r'^.+\.tmp(\d+)$')   # temporary_path()'s names
 
 
 # Names and lookup.
@@ -63,59 +70,184 @@ def pkl_path_for(ckpt_path):
     return ckpt_path[:-len(CKPT_SUFFIX)] + '.pkl'
 
 
-def find_latest(run_dir):
-    """The newest snapshot in `run_dir` (highest kimg; the .pkl path when it exists, else
-    the .ckpt.pt), or None when the folder holds none."""
-    if not os.path.isdir(run_dir):
-        return None
-    best = None
-    for fname in os.listdir(run_dir):
+def temporary_path(path):
+    """Where a writer of `path` puts its bytes before the rename (the pid tells whose they are)."""
+    return '{}.tmp{}'.format(path, os.getpid())
+
+
+def _snapshots(run_dir, suffix):
+    """{kimg: path} of the snapshot files in `run_dir` with this suffix ('.pkl' or CKPT_SUFFIX)."""
+    found = {}
+    for fname in os.listdir(run_dir) if os.path.isdir(run_dir) else ():
         m = _SNAPSHOT_RE.match(fname)
-        if m is None:
-            continue
-        kimg = int(m.group(1))
-        pkl = os.path.join(run_dir, 'network-snapshot-{}.pkl'.format(m.group(1)))
-        path = pkl if os.path.isfile(pkl) else os.path.join(run_dir, fname)
-        if best is None or kimg > best[0]:
-            best = (kimg, path)
-    return None if best is None else best[1]
+        if m is not None and m.group(2) == suffix:
+            found[int(m.group(1))] = os.path.join(run_dir, fname)
+    return found
 
 
-def resolve_resume(path):
-    """What `--resume=path` means.
+def find_latest(run_dir):
+    """The newest *complete* snapshot in `run_dir`: the highest kimg whose checkpoint exists
+    (the checkpoint is renamed into place last, so it marks the snapshot as whole). Returns
+    its .pkl path when the pickle is there too, else the .ckpt.pt; None when there is none."""
+    done = _snapshots(run_dir, CKPT_SUFFIX)
+    if not done:
+        return None
+    ckpt = done[max(done)]
+    pkl = pkl_path_for(ckpt)
+    return pkl if os.path.isfile(pkl) else ckpt
+
+
+def _recorded_resume(run_dir):
+    """The resume target a train.py run folder started from (its training_options.json), or None."""
+    try:
+        with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
+            source = json.load(f).get('resume_pkl')
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) and '://' not in source else None
+
+
+def _latest_in_lineage(run_dir, visited=()):
+    """find_latest(run_dir), or, for a resumed run that died before its first snapshot, the
+    snapshot it had resumed from (followed back over any number of such runs)."""
+    latest = find_latest(run_dir)
+    if latest is not None or run_dir in visited:
+        return latest
+    source = _recorded_resume(run_dir)
+    if source is None or not os.path.exists(source):
+        return None
+    if os.path.isdir(source):
+        return _latest_in_lineage(source, visited + (run_dir,))
+    ckpt = source if source.endswith(CKPT_SUFFIX) else ckpt_path_for(source)
+    return source if os.path.isfile(ckpt) else None
+
+
+def _run_folders(outdir):
+    """train.py's run folders (`<id>-<desc>`) in `outdir`, newest id first."""
+    found = []
+    for name in os.listdir(outdir) if os.path.isdir(outdir) else ():
+        m = _RUN_FOLDER_RE.match(name)
+        if m and os.path.isdir(os.path.join(outdir, name)):
+            found.append((int(m.group(1)), os.path.join(outdir, name)))
+    return [path for _id, path in sorted(found, reverse=True)]
+
+
+def find_resumable(folder):
+    """The newest complete snapshot reachable from `folder`: a run folder (following a resumed
+    run back to the folders it came from) or an --outdir (its newest run folder that leads to
+    one). None when there is none."""
+    latest = _latest_in_lineage(folder)
+    if latest is not None or _snapshots(folder, '.pkl'):
+        return latest
+    for run_dir in _run_folders(folder):
+        latest = _latest_in_lineage(run_dir)
+        if latest is not None:
+            return latest
+    return None
+
+
+def _newest_pickle(folder):
+    """The newest network-snapshot-*.pkl in `folder` or its run folders (networks-only resume
+    of a folder that has no checkpoint at all, such as upstream's)."""
+    for run_dir in [folder] + _run_folders(folder):
+        pickles = _snapshots(run_dir, '.pkl')
+        if pickles:
+            return pickles[max(pickles)]
+    return None
+
+
+def _no_snapshot_error(folder):
+    text = '--resume: the folder {} holds no network-snapshot with its {} checkpoint'.format(folder, CKPT_SUFFIX)
+    source = _recorded_resume(folder)
+    if source is not None:
+        text += ' (it started from {}, which has no checkpoint: give that file again)'.format(source)
+    if _newest_pickle(folder) is not None:
+        text += '; to start from its newest pickle\'s networks only, add --resume-mode=networks'
+    return FileNotFoundError(text + '; or give a snapshot file')
+
+
+def resolve_resume(path, mode='auto'):
+    """What `--resume=path` means (mode 'auto' or 'networks', as --resume-mode).
 
     Returns None for None/'' and otherwise EasyDict(pkl, ckpt, exact, kimg):
-    - a run folder: its latest snapshot (exact when its checkpoint exists);
-    - a `.ckpt.pt` file: exact resume (`pkl` is the sibling pickle if present);
-    - a `.pkl` file: exact when a sibling `.ckpt.pt` exists, else networks only;
-    - a URL or other path: networks only (upstream semantics).
-    Raises FileNotFoundError with the fix when a local path does not exist.
+    - a run folder or an --outdir: its newest complete snapshot (find_resumable), exact;
+    - a `.ckpt.pt` file, or a `.pkl` with its `.ckpt.pt` beside it: exact;
+    - a bare `.pkl` file, a URL or another file: networks only (upstream semantics).
+    With mode='networks' the resume is never exact; the weights then come from the
+    checkpoint where there is one (nothing is unpickled), else from the pickle, and a
+    folder without any checkpoint offers its newest pickle.
+    Raises FileNotFoundError with the fix when nothing usable is there.
     """
     if path is None or path == '':
         return None
+    if mode not in ('auto', 'networks'):
+        raise ValueError("resume mode must be 'auto' or 'networks', got {!r}".format(mode))
     path = str(path)
     is_url = '://' in path
     if not is_url:
         if os.path.isdir(path):
-            latest = find_latest(path)
+            latest = find_resumable(path)
+            if latest is None and mode == 'networks':
+                latest = _newest_pickle(path)
             if latest is None:
-                raise FileNotFoundError('--resume: the folder {} holds no network-snapshot-*.pkl or *{}; '
-                                        'give a run folder that has written a snapshot, or a snapshot file'
-                                        .format(path, CKPT_SUFFIX))
+                raise _no_snapshot_error(path)
             path = latest
         elif not os.path.isfile(path):
-            raise FileNotFoundError('--resume: {} does not exist; give a snapshot .pkl, a {} checkpoint or a '
-                                    'run folder'.format(path, CKPT_SUFFIX))
+            raise FileNotFoundError('--resume: {} does not exist; give a snapshot .pkl, a {} checkpoint, a '
+                                    'run folder or an --outdir'.format(path, CKPT_SUFFIX))
     m = _SNAPSHOT_RE.match(os.path.basename(path))
     kimg = int(m.group(1)) if m else None
     if path.endswith(CKPT_SUFFIX):
-        pkl = pkl_path_for(path)
-        return dnnlib.EasyDict(pkl=pkl if os.path.isfile(pkl) else None, ckpt=path, exact=True, kimg=kimg)
-    if not is_url:
-        ckpt = ckpt_path_for(path)
-        if path.endswith('.pkl') and os.path.isfile(ckpt):
-            return dnnlib.EasyDict(pkl=path, ckpt=ckpt, exact=True, kimg=kimg)
-    return dnnlib.EasyDict(pkl=path, ckpt=None, exact=False, kimg=kimg)
+        pkl, ckpt = pkl_path_for(path), path
+        pkl = pkl if os.path.isfile(pkl) else None
+    else:
+        pkl, ckpt = path, (None if is_url else ckpt_path_for(path))
+        ckpt = ckpt if ckpt is not None and path.endswith('.pkl') and os.path.isfile(ckpt) else None
+    return dnnlib.EasyDict(pkl=pkl, ckpt=ckpt, exact=ckpt is not None and mode == 'auto', kimg=kimg)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folders):
+    """Delete the temporary files (`<name>.tmp<pid>`) that writers killed mid-write left in
+    `folders`; files of a process that still runs on this machine are kept. Returns the paths."""
+    removed = []
+    for folder in folders:
+        for fname in os.listdir(folder) if os.path.isdir(folder) else ():
+            m = _TEMPORARY_RE.match(fname)
+            if m is None or _pid_alive(int(m.group(1))):
+                continue
+            path = os.path.join(folder, fname)
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
+
+
+def run_folder_family(run_dir, resume_path=None):
+    """The folders whose leftovers a new run in `run_dir` cleans: its sibling run folders
+    (the same --outdir) and the folders its resume came from."""
+    folders = {os.path.abspath(run_dir)}
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    if os.path.isdir(parent):
+        folders.update(os.path.abspath(p) for p in _run_folders(parent))
+    while resume_path and '://' not in resume_path and os.path.exists(resume_path):
+        folder = os.path.abspath(resume_path if os.path.isdir(resume_path) else os.path.dirname(resume_path))
+        if folder in folders and folder != os.path.abspath(run_dir):
+            break
+        folders.add(folder)
+        resume_path = _recorded_resume(folder)
+    return sorted(folders)
 
 
 # Options that decide the trajectory.
@@ -141,8 +273,9 @@ def check_options(ckpt_state, options, ckpt_path):
             diffs.append('  {}: checkpoint {} vs now {}'.format(key, json.dumps(saved.get(key, '<absent>')),
                                                                json.dumps(now.get(key, '<absent>'))))
     raise ValueError('Cannot resume exactly from {}: the training options differ:\n{}\n'
-                     'Use the same options, or resume from the networks only (resume_mode="networks", '
-                     'upstream semantics).'.format(ckpt_path, '\n'.join(diffs) or '  (hash differs)'))
+                     'Use the same options, or start from its networks only (upstream semantics): '
+                     'train.py --resume-mode=networks (training_loop: resume_mode=\'networks\').'.format(
+                         ckpt_path, '\n'.join(diffs) or '  (hash differs)'))
 
 
 # RNG states as weights-only-loadable values.
@@ -193,7 +326,7 @@ def _to_cpu(obj):
 def save_checkpoint(state, path):
     """Write atomically: a temporary file in the same folder, then os.replace."""
     state = dict(state, format=FORMAT_NAME, version=FORMAT_VERSION)
-    tmp = '{}.tmp{}'.format(path, os.getpid())
+    tmp = temporary_path(path)
     try:
         with open(tmp, 'wb') as f:
             torch.save(_to_cpu(state), f)
@@ -269,6 +402,22 @@ def restore_networks(state, ckpt):
         getattr(state, key).load_state_dict(ckpt[key])
 
 
+def copy_network_weights(state, ckpt):
+    """Networks-only resume from a checkpoint: the tensors of G, D and G_ema that share a name
+    and shape with the saved ones (upstream's rule for pickles), nothing unpickled."""
+    for key in ('G', 'D', 'G_ema'):
+        saved = ckpt[key]
+        for name, tensor in list(getattr(state, key).named_parameters()) + list(getattr(state, key).named_buffers()):
+            if name not in saved:
+                continue
+            if saved[name].shape != tensor.shape:
+                raise ValueError('{}.{}: the checkpoint has shape {}, this network {}; resume from networks of '
+                                 'the same architecture'.format(key, name, tuple(saved[name].shape),
+                                                                tuple(tensor.shape)))
+            with torch.no_grad():
+                tensor.copy_(saved[name])
+
+
 def restore_training_state(state, ckpt, rank):
     """Put back everything but the weights and the random streams, once `state` is fully built."""
     if state.augment_pipe is not None:
@@ -283,7 +432,7 @@ def restore_training_state(state, ckpt, rank):
     state.cur_nimg = int(progress['cur_nimg'])
     state.cur_tick = int(progress['cur_tick'])
     state.batch_idx = int(progress['batch_idx'])
-    state.tick_start_nimg = state.cur_nimg
+    state.tick_start_nimg = int(progress['tick_start_nimg'])   # Before cur_nimg after a stop mid-tick.
     state.elapsed_before = float(progress['elapsed_sec'])
 
 

@@ -12,7 +12,7 @@ Precedence, lowest first (one run of `resolve`, in this order):
 2. the `defaults` of the cfg preset, then the loss preset, then the aug
    preset (kdgan_plugins.registry; `p` and `target` only steer the aug);
 3. hyper-parameter flags that the table owns: --batch, --kimg, --gamma,
-   --map-depth, --mbstd-group, --cbase (as fmaps) and --ema;
+   --map-depth, --mbstd-group, --cbase (as fmaps), --ema and --ema-rampup;
 4. the option sections built from the result (cfg_specs.network_kwargs),
    patched by the cfg preset (plus presets.loop_options), then the loss
    preset (presets.apply_loss_preset, which can wrap the cfg's D), then the
@@ -20,12 +20,15 @@ Precedence, lowest first (one run of `resolve`, in this order):
    puts the built-in loss back;
 5. explicit flags as one patch merged last, so they beat every preset:
    --gamma, --freezed, --ngf/--ndf, --cbase, --cmax, --map-depth,
-   --mbstd-group, --fp32, --nhwc, then --teacher/--kd-*/--recon through
-   presets.cli_patch.
+   --mbstd-group, --fp32, --nhwc, then --teacher/--kd-*/--recon/--lecam
+   through presets.cli_patch.
+
+A DiffAugment pipe's ops: --diffaug, else the last `policy` default of the
+cfg, loss and aug presets, else the aug preset's own policy.
 
 A resume that restores only the networks sets ada_kimg=100 and
 ema_rampup=None (upstream's transfer-learning defaults); an exact resume
-keeps what the resumed run had; an explicit --ada-kimg beats both.
+keeps what the resumed run had; an explicit --ada-kimg or --ema-rampup beats both.
 
 Metric names (and, outside a dry run, their detector files) are checked
 before torch is imported, so an offline machine hears about a missing file
@@ -36,6 +39,7 @@ shows its own errors. Nothing here imports torch at module level.
 import copy
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -105,12 +109,14 @@ class Flags:
     gamma: float | None = None
     kimg: float | None = None
     batch: int | None = None
+    lr: float | None = None
     aug: str | None = None
     p: float | None = None
     target: float | None = None
     ada_kimg: float | None = None
     augpipe: str | None = None
     resume: str | None = None
+    resume_mode: str = 'auto'
     freezed: int = 0
     fp32: bool | None = None
     nhwc: bool | None = None
@@ -129,6 +135,7 @@ class Flags:
     ndf: int | None = None
     grid: int | None = None
     ema: float | None = None
+    ema_rampup: float | str | None = None   # 'none' turns the cfg's ramp-up off
     detector_dir: str | None = None
     teacher: str | None = None
     teacher_weights: str | None = None
@@ -143,6 +150,10 @@ class Flags:
     kd_diversity: float | None = None
     recon: str | None = None
     recon_weight: float | None = None
+    lecam: float | None = None
+    precision: str | None = None
+    fake_reuse: bool | None = None
+    diffaug: str | None = None
 
     def plugin_options(self):
         """The options that only kdgan_plugins.presets.cli_patch understands."""
@@ -150,7 +161,8 @@ class Flags:
 
 
 _PLUGIN_OPTIONS = ('teacher', 'teacher_weights', 'teacher_config', 'teacher_dir', 'kd_p', 'kd_agkd_weight',
-                   'kd_cgkd_weight', 'kd_dist', 'kd_labels', 'kd_template', 'kd_diversity', 'recon', 'recon_weight')
+                   'kd_cgkd_weight', 'kd_dist', 'kd_labels', 'kd_template', 'kd_diversity', 'recon', 'recon_weight',
+                   'lecam', 'precision', 'fake_reuse')
 
 
 @dataclasses.dataclass
@@ -181,7 +193,7 @@ def check_metrics(metrics, detector_dir=None, check_files=True):
     try:
         return metric_main.validate_metrics(list(metrics), detector_dir=detector_dir, check_files=check_files)
     except detectors.AssetUnavailableError as err:
-        raise Unavailable(str(err)) from err
+        raise Unavailable(str(err.for_metrics(list(metrics), metric_main.required_detectors, 'train.py'))) from err
     except ValueError as err:
         raise Conflict(f'--metrics: {err}; or none') from err
 
@@ -318,18 +330,25 @@ class DataInfo:
     resolution: int
     label_dim: int
     class_names: list | None
+    channels: int = 3
 
 
 def _measure(set_kwargs):
-    """Open the data set once: fill in what only the files know, and describe it."""
+    """Open the data set once: fill in what only the files know, and describe it. Labels and
+    (for zips up to a size) every member's checksum are checked here, before any run folder."""
+    from training.dataset import DatasetError
     dataset = open_dataset(set_kwargs)
     try:
         set_kwargs.resolution = dataset.resolution
         set_kwargs.use_labels = dataset.has_labels
         set_kwargs.max_size = len(dataset)
+        if hasattr(dataset, 'check_members'):
+            dataset.check_members()
         return DataInfo(name=dataset.name, num_images=len(dataset), resolution=dataset.resolution,
                         label_dim=dataset.label_dim if dataset.has_labels else 0,
-                        class_names=getattr(dataset, 'class_names', None))
+                        class_names=getattr(dataset, 'class_names', None), channels=dataset.num_channels)
+    except DatasetError as err:
+        raise Unavailable(f'bad --data: {err}') from err
     finally:
         dataset.close()
 
@@ -387,13 +406,14 @@ def _latest_snapshot(folder, given):
     return os.path.join(folder, pickles[-1])
 
 
-def resolve_resume(resume):
-    """(resume_pkl, exact, description) for a --resume value.
+def resolve_resume(resume, mode='auto'):
+    """(resume_pkl, exact, description) for a --resume value and --resume-mode.
 
-    A shortcut name means NVIDIA's pickle; a URL passes through; a local file
-    or run folder goes to training.checkpoint.resolve_resume, which also says
-    whether the whole training state comes back (`exact`). A tree without
-    that module resumes a run folder from its latest network pickle."""
+    A shortcut name means NVIDIA's pickle; a URL passes through; a local file,
+    run folder or outdir goes to training.checkpoint.resolve_resume, which also
+    says whether the whole training state comes back (`exact`; never with
+    mode='networks'). A tree without that module resumes a run folder from its
+    latest network pickle."""
     if resume in resume_specs:
         return resume_specs[resume], False, f'{resume} ({resume_specs[resume]})'
     if dnnlib.util.is_url(resume):
@@ -407,7 +427,7 @@ def resolve_resume(resume):
         path = _latest_snapshot(path, resume) if os.path.isdir(path) else path
         return path, False, path
     try:
-        info = checkpoint.resolve_resume(path)
+        info = checkpoint.resolve_resume(path, mode=mode)
     except (OSError, ValueError) as err:
         raise BadValue(str(err).replace('--resume: ', ''), '--resume') from err
     if info is None:
@@ -415,6 +435,8 @@ def resolve_resume(resume):
     target = str(info.get('pkl') or info.get('ckpt') or path)
     exact = bool(info.get('exact'))
     what = f'{target} (checkpoint {info["ckpt"]})' if exact and info.get('ckpt') else target
+    if not exact and info.get('ckpt'):
+        what = f'{target} (networks only, weights from {info["ckpt"]})'
     return target, exact, what
 
 
@@ -445,7 +467,8 @@ def _run_options(flags):
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda' and not torch.cuda.is_available():
         raise Conflict('--device=cuda, but no CUDA device is available; use --device=cpu')
-    if device == 'cuda' and flags.gpus > torch.cuda.device_count():
+    local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', flags.gpus))   # torchrun: this node's share
+    if device == 'cuda' and local_processes > torch.cuda.device_count():
         raise Conflict(f'--gpus={flags.gpus}, but only {torch.cuda.device_count()} CUDA device(s) exist; '
                        f'lower --gpus (or use --device=cpu, which runs {flags.gpus} processes with gloo)')
     if flags.snap < 1:
@@ -471,16 +494,35 @@ def _table_spec(flags, names, resolution):
     spec = cfg_specs.resolve_cfg(names.base, resolution, flags.gpus)
     for kind in ('cfg', 'loss', 'aug'):
         for key, value in names.preset[kind].get('defaults', {}).items():
-            if key not in ('p', 'target'):
+            if key not in ('p', 'target', 'policy'):
                 spec[_TABLE_COLUMN.get(key, key)] = value
-    by_flag = dict(mb=flags.batch, kimg=flags.kimg, gamma=flags.gamma, map=flags.map_depth,
+    by_flag = dict(mb=flags.batch, lrate=flags.lr, kimg=flags.kimg, gamma=flags.gamma, map=flags.map_depth,
                    mbstd=flags.mbstd_group, fmaps=None if flags.cbase is None else flags.cbase / 32768)
     spec.update({column: value for column, value in by_flag.items() if value is not None})
     if flags.ema is not None:
         if not flags.ema > 0:
             raise BadValue('must be positive (kimg)', '--ema')
         spec.ema = flags.ema
+    if flags.ema_rampup is not None:
+        spec.ramp = ema_rampup_value(flags.ema_rampup)
     return spec
+
+
+def ema_rampup_value(value):
+    """--ema-rampup as training_loop's ema_rampup: a positive number (G_ema's half-life is at most
+    that fraction of the images seen so far), or None for 'none'/'off' (the cfg's half-life from
+    the first image: early snapshots then barely move from the initial G)."""
+    if isinstance(value, str) and value.strip().lower() in ('none', 'off'):
+        return None
+    try:
+        ramp = float(value)
+    except (TypeError, ValueError):
+        raise BadValue(f'{value!r} is not a number; give e.g. 0.05, or none to turn the ramp-up off',
+                       '--ema-rampup') from None
+    if not 0 < ramp < float('inf'):
+        raise BadValue(f'{value} is out of range: must be > 0 (e.g. 0.05), or none to turn the ramp-up off',
+                       '--ema-rampup')
+    return _whole(ramp)
 
 
 def _hyper_tags(flags, names, tags):
@@ -494,6 +536,8 @@ def _hyper_tags(flags, names, tags):
         if not flags.kimg > 0:
             raise BadValue('must be positive', '--kimg')
         tags.append(f'kimg{flags.kimg}')
+    if flags.lr is not None and not flags.lr > 0:
+        raise BadValue('must be positive', '--lr')
     if flags.batch is not None:
         if flags.batch < 1:
             raise BadValue('must be at least 1', '--batch')
@@ -532,7 +576,9 @@ def _sections(spec, names, registry, presets):
     """Precedence step 4: the option sections built from `spec`, then patched by the
     presets. Returns (sections, extra top-level loop options)."""
     built = cfg_specs.network_kwargs(spec, cfg=names.base)
-    sections = dnnlib.EasyDict(built, augment_kwargs=None)
+    # A copy: a cfg preset patching a section of the same class (biggan_cifar's StyleGAN2Loss) must
+    # leave `built` as it was, for --loss=stylegan2 to put back.
+    sections = dnnlib.EasyDict(copy.deepcopy(built), augment_kwargs=None)
     loop_extra = {}
     if names.is_plugin('cfg'):
         registry.apply('cfg', names.cfg, sections)
@@ -564,6 +610,30 @@ class AugChoice:
 def _check_probability(value, flag):
     if not 0 <= value <= 1:
         raise BadValue('must be between 0 and 1', flag)
+
+
+# Ranges of the numeric options not checked where they are used: (Flags field, lowest, lowest
+# included, highest or None). NaN and infinities always fail.
+_RANGES = (
+    ('seed', 0, True, 2 ** 32 - 1), ('gamma', 0, True, None), ('kimg', 0, False, None), ('tick', 0, False, None),
+    ('kd_p', 0, True, 1), ('kd_agkd_weight', 0, True, None), ('kd_cgkd_weight', 0, True, None),
+    ('kd_diversity', 0, True, None), ('recon_weight', 0, True, None), ('lecam', 0, True, None),
+)
+
+
+def _check_ranges(flags):
+    """Each numeric option within its range (the same check for the command line and for Flags built in code)."""
+    for field, low, low_included, high in _RANGES:
+        value = getattr(flags, field, None)
+        if value is None:
+            continue
+        flag = '--' + field.replace('_', '-')
+        if not math.isfinite(value):
+            raise BadValue(f'{value} is not a finite number', flag)
+        if high is not None and not low <= value <= high:
+            raise BadValue(f'must be between {low} and {high}', flag)
+        if value < low or (value == low and not low_included):
+            raise BadValue(f'must be >= {low}' if low_included else 'must be positive', flag)
 
 
 def _aug_choice(flags, names):
@@ -626,13 +696,35 @@ def _apply_augment(args, choice, names, registry):
         registry.apply('aug', names.aug, args)
 
 
+def _apply_diffaug_policy(flags, names, args):
+    """A DiffAugment pipe's ops: --diffaug, else the last `policy` default of the cfg,
+    loss and aug presets, else the aug preset's own."""
+    policy = flags.diffaug
+    for kind in ('cfg', 'loss', 'aug') if policy is None else ():
+        policy = names.preset[kind].get('defaults', {}).get('policy', policy)
+    if policy is None:
+        return
+    if not str((args.augment_kwargs or {}).get('class_name', '')).endswith('.DiffAugment'):
+        if flags.diffaug is not None:
+            raise Conflict(f'--diffaug chooses the ops of DiffAugment; add --aug=diffaug (got --aug={names.aug})')
+        return
+    from kdgan_plugins.augment.diffaugment import parse_policy
+    try:
+        parse_policy(policy)
+    except ValueError as err:
+        raise BadValue(str(err), '--diffaug') from err
+    args.augment_kwargs.policy = policy
+
+
 def _apply_resume(flags, args, tags):
     """resume_pkl and, for a networks-only resume, upstream's transfer settings.
     Returns (exact, description) or None."""
     args.resume_pkl = None
     if flags.resume is None or flags.resume == 'noresume':
         return None
-    args.resume_pkl, exact, what = resolve_resume(flags.resume)
+    args.resume_pkl, exact, what = resolve_resume(flags.resume, flags.resume_mode)
+    if flags.resume_mode != 'auto':
+        args.resume_mode = flags.resume_mode
     tags.append(f'resume{flags.resume}' if flags.resume in resume_specs else 'resumecustom')
     if exact:
         args.update(previous_transfer_options(args.resume_pkl))  # It continues as it was.
@@ -798,6 +890,7 @@ def _report(flags, names, spec, args, choice, explicit, batch_note, resume):
 
 def resolve(flags):
     """The whole resolution, in the precedence order of the module docstring."""
+    _check_ranges(flags)
     flags = dataclasses.replace(flags, kimg=_whole(flags.kimg), tick=_whole(flags.tick))
     args = dnnlib.EasyDict()
     args.metrics = check_metrics(flags.metrics, detector_dir=flags.detector_dir, check_files=not flags.dry_run)
@@ -822,10 +915,13 @@ def resolve(flags):
     if choice.ada_kimg is not None:
         args.ada_kimg = choice.ada_kimg
     _apply_augment(args, choice, names, registry)
+    _apply_diffaug_policy(flags, names, args)
 
     resume = _apply_resume(flags, args, tags)
     if flags.ada_kimg is not None:
         args.ada_kimg = flags.ada_kimg  # Beats the resume default and upstream's 500.
+    if flags.ema_rampup is not None:
+        args.ema_rampup = spec.ramp  # Beats the resume default too.
     if flags.freezed:
         if flags.freezed < 0:
             raise BadValue('must be >= 0', '--freezed')
@@ -840,6 +936,8 @@ def resolve(flags):
     if flags.workers < 0:
         raise BadValue('must be >= 0', '--workers')
 
+    from training import preflight
+    preflight.check_run(args, info, dry_run=flags.dry_run)
     report = _report(flags, names, spec, args, choice, explicit, batch_note, resume)
     summary = dict(data=flags.data, num_images=info.num_images, resolution=info.resolution,
                    labels=info.label_dim)

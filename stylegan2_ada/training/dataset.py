@@ -16,6 +16,7 @@ layout atomically; `dataset_tool.py` and `training.shapes` use it.
 """
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -134,6 +135,63 @@ def labels_from_metadata(meta, meta_path: str):
                                .format(meta_path))
         names = list(names)
     return labels, names
+
+
+MAX_CLASSES = 100000   # far above any labelled set in use (ImageNet-21k: 21,841); above it, a label is a typo
+
+
+def _label_problem(label):
+    """('class', int) or ('vector', [floats]) for a good label, ('bad', why) for any other."""
+    if label is None:
+        return "bad", "null; give every image a label, or set \"labels\": null for an unlabelled set"
+    if isinstance(label, (bool, np.bool_)):
+        return "bad", "{} (a boolean); labels are class indices 0, 1, ... or lists of numbers".format(label)
+    if isinstance(label, (int, np.integer)):
+        return "class", int(label)
+    if isinstance(label, (float, np.floating)):
+        if math.isfinite(label) and float(label).is_integer():
+            return "class", int(label)   # upstream casts scalar labels to int64
+        return "bad", "{}, not a class index; a continuous label is a list, e.g. [{}]".format(label, label)
+    if isinstance(label, (list, tuple)) and label:
+        if all(isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+               for x in label):
+            if all(math.isfinite(x) for x in label):
+                return "vector", [float(x) for x in label]
+            return "bad", "{}, which holds a non-finite number".format(label)
+    if isinstance(label, str):
+        return "bad", "{!r} (a string); labels are class indices 0, 1, ... (put names in \"class_names\")" \
+            .format(label)
+    return "bad", "{!r}; labels are class indices 0, 1, ... or non-empty lists of numbers".format(label)
+
+
+def check_labels(values: Sequence, fnames: Sequence[str], where: str, class_names=None) -> np.ndarray:
+    """Raw dataset.json labels (one per image, in `fnames` order), checked: int64 [N] class indices or
+    float32 [N, D] vectors. The first bad label is named with its image and what to do."""
+    assert len(values) == len(fnames), (len(values), len(fnames))
+    kind, first, out = None, None, []
+    for fname, label in zip(fnames, values):
+        this, value = _label_problem(label)
+        if this == "bad":
+            raise DatasetError("{}: the label of {!r} is {}".format(where, fname, value))
+        if kind is None:
+            kind, first = this, (fname, value)
+        elif this != kind or (kind == "vector" and len(value) != len(first[1])):
+            raise DatasetError("{}: the label of {!r} is {!r} but that of {!r} is {!r}; use one kind for all "
+                               "images: class indices, or lists of one length".format(where, fname, label,
+                                                                                   first[0], first[1]))
+        if this == "class" and value < 0:
+            raise DatasetError("{}: the label of {!r} is {}; class indices start at 0".format(where, fname, value))
+        if this == "class" and class_names is not None and value >= len(class_names):
+            raise DatasetError("{}: label {} (of {!r}) has no entry in class_names ({} names); add the missing "
+                               "names".format(where, value, fname, len(class_names)))
+        if this == "class" and value >= max(MAX_CLASSES, len(class_names or ())):
+            raise DatasetError("{}: the label of {!r} is {}, which would make a {}-class conditional model; "
+                               "number the classes 0, 1, 2, ... (at most {})".format(where, fname, value, value + 1,
+                                                                                   MAX_CLASSES))
+        out.append(value)
+    if kind == "vector":
+        return np.asarray(out, dtype=np.float32)
+    return np.asarray(out, dtype=np.int64)
 
 
 # Base class
@@ -470,26 +528,26 @@ class ImageFolderDataset(Dataset):
         if labels is None:
             return None
         where = self._where(METADATA_NAME)
-        values = [labels[f] for f in self._image_fnames]
-        try:
-            arr = np.array(values)
-        except ValueError:
-            raise DatasetError("{}: labels must all be integers or all be float vectors of one length"
-                               .format(where)) from None
-        if arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer):
-            arr = arr.astype(np.int64)
-            if arr.size and arr.min() < 0:
-                raise DatasetError("{}: class labels must be >= 0".format(where))
-            names = self._class_names if self._class_names is not None else _names
-            if names is not None and arr.size and arr.max() >= len(names):
-                raise DatasetError("{}: label {} has no entry in class_names ({} names); add the missing names"
-                                   .format(where, int(arr.max()), len(names)))
-            return arr
-        if arr.ndim >= 1 and (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            if arr.ndim == 1:
-                arr = arr[:, np.newaxis]
-            return arr.astype(np.float32)
-        raise DatasetError("{}: labels must be integers (class index) or lists of numbers".format(where))
+        names = self._class_names if self._class_names is not None else _names
+        return check_labels([labels[f] for f in self._image_fnames], self._image_fnames, where, names)
+
+    def check_members(self, max_bytes: int = 2 ** 30) -> None:
+        """Read every image of a zip of up to `max_bytes` (uncompressed) through its checksum, so that a
+        corrupt member is named now rather than by a DataLoader worker mid-run. Larger zips are left
+        to the per-image errors (reading them all would take minutes)."""
+        if self._type != "zip":
+            return
+        infos = [self._get_zipfile().getinfo(f) for f in self._image_fnames]
+        if sum(info.file_size for info in infos) > max_bytes:
+            return
+        for info in infos:
+            try:
+                with self._get_zipfile().open(info) as f:
+                    while f.read(1 << 20):
+                        pass
+            except Exception as err:
+                raise DatasetError("{}: corrupt zip member ({}: {}); re-create the zip, or delete this image from "
+                                   "it".format(self._where(info.filename), type(err).__name__, err)) from None
 
 
 def _suggest_res(w: int, h: int) -> int:
@@ -568,6 +626,9 @@ class DatasetWriter:
     def finish(self, class_names: Optional[Sequence[str]] = None, extra: Optional[dict] = None) -> str:
         """Write dataset.json and move the result into place; returns `dest`."""
         labelled = bool(self._labels) and all(label is not None for _name, label in self._labels)
+        if not labelled and any(label is not None for _name, label in self._labels):
+            raise DatasetError("{}: some images have labels and some do not; label all of them or none"
+                               .format(self.dest))
         meta = {"labels": [list(e) for e in self._labels] if labelled else None}
         if class_names is not None:
             meta["class_names"] = [str(n) for n in class_names]

