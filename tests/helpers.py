@@ -138,3 +138,15 @@ def tiny_stylegan2_kwargs(path, mapping_layers=1, **overrides):
         batch_size=4, batch_gpu=4, ema_kimg=0.01, device='cpu', image_snapshot_ticks=None)
     kw.update(overrides)
     return kw
+
+
+def train_run(outdir, *args, timeout=600):
+    """A real run of train.py in a subprocess on the CPU, one thread, no metrics (the loop's
+    statistics are per-process state); returns the run folder."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    cmd = [sys.executable, 'train.py', '--outdir', str(outdir), '--device=cpu', '--metrics=none', '--workers=0',
+           *[str(a) for a in args]]
+    proc = subprocess.run(cmd, cwd=HARNESS, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (run,) = os.listdir(outdir)
+    return os.path.join(outdir, run)

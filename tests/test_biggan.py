@@ -4,7 +4,6 @@ Fashion-MNIST run that learns, and a KD-DLGAN tick on BigGAN."""
 import json
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
@@ -17,7 +16,7 @@ from kdgan_plugins.networks import biggan
 from kdgan_plugins.networks.student import KDDiscriminator
 from training import loss as loss_lib
 from training import shapes, training_loop
-from helpers import one_thread  # noqa: F401,E402 (autouse fixture: one thread per test module)
+from helpers import one_thread, train_run  # noqa: F401,E402 (autouse fixture: one thread per test module)
 
 E = dnnlib.EasyDict
 HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'stylegan2_ada')
@@ -168,16 +167,6 @@ def test_g_ema_is_a_copy_of_g_until_ema_start():
 # Learning (acceptance) and a KD-DLGAN tick: real runs of train.py.
 
 
-def train_run(outdir, *args):
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    cmd = [sys.executable, 'train.py', '--outdir', str(outdir), '--device=cpu', '--metrics=none', '--workers=0',
-           *[str(a) for a in args]]
-    proc = subprocess.run(cmd, cwd=HARNESS, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    (run,) = os.listdir(outdir)
-    return os.path.join(outdir, run)
-
-
 def fmnist_available():
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
@@ -280,7 +269,7 @@ def test_kddlgan_tick_on_biggan_with_class_name_prompts(tmp_path):
     # Six minibatches of 4: G's first step comes after the fourth D step.
     run_dir = train_run(tmp_path / 'runs', f'--data={data}', '--cfg=biggan_cifar', '--loss=kdgan.KDDLGAN', '--cond=1',
                         '--mirror=1', '--teacher=random:tiny', f'--teacher-config={config}', '--ngf=2', '--ndf=2',
-                        '--batch=4', '--kimg=0.024', '--tick=0.012', '--snap=1', '--seed=1')
+                        '--batch=4', '--kimg=0.024', '--tick=0.012', '--snap=1', '--seed=1', timeout=900)
     with open(os.path.join(run_dir, 'training_options.json')) as f:
         opts = json.load(f)
     # The prompts: the teacher's labels 'auto' resolve to the data set's class names (conditional D).

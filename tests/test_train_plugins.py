@@ -30,7 +30,7 @@ import torch
 
 import dnnlib
 import train
-from helpers import dry_run, fake_features, frechet_distance, pixel_features
+from helpers import dry_run, fake_features, frechet_distance, pixel_features, train_run
 from helpers import invoke_train as invoke
 from learning_bars import images_of, learning_verdict
 from kdgan_plugins import registry
@@ -98,18 +98,6 @@ def refused(result, *phrases):
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     for phrase in phrases:
         assert phrase in result.output, result.output
-
-
-def train_run(outdir, *args):
-    """A real run of train.py in a subprocess (the loop's statistics are per-process state);
-    returns the run folder."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    cmd = [sys.executable, 'train.py', '--outdir', str(outdir), '--device=cpu', '--metrics=none', '--workers=0',
-           *[str(a) for a in args]]
-    proc = subprocess.run(cmd, cwd=HARNESS, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    (run,) = os.listdir(outdir)
-    return os.path.join(outdir, run)
 
 
 def read_stats(run_dir):
