@@ -8,7 +8,7 @@ BUDGET ?= cpu
 # Test processes: one per core is fastest here (each test process runs one thread).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: test test-gpu demo bench faults reproduce-fmnist venv clean
+.PHONY: test test-gpu test-long demo bench faults reproduce-fmnist venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m cuda
+
+# Learning checks that need minutes of CPU each (BigGAN's class conditioning on Fashion-MNIST).
+test-long: $(STAMP)
+	$(PY) -m pytest -q -m long -n $(TEST_WORKERS) --durations=15
 
 bench: $(STAMP)
 	$(PY) bench/bench_networks.py

@@ -22,12 +22,16 @@ ADA p update (a few scalar operations every 4 minibatches) are not timed.
 
 `--versus=previous` compares FastGAN under the cfg's defaults with FastGAN as
 it was built before issue 14: --precision=fp32 (no autocast, reference
-up-convolutions), --fake-reuse=0 (G's phase first, each phase its own fakes)
+up-convolutions), --fake-reuse=0 (G's phase first, each phase its own fakes),
 and the official decoder widths whatever --ndf is. `--flops` counts the
 floating-point operations of one extra, untimed iteration of each setup
 (torch.utils.flop_counter: convolutions and matrix products, forward and backward).
 
-On a shared CPU the two setups are timed alternately (one iteration of each in
+Every phase is timed in wall seconds and in process CPU seconds
+(time.process_time: all threads of this process). On a CPU shared with other
+jobs, the CPU time at OMP_NUM_THREADS=1 is the figure to quote (`ratio CPU`):
+wall time there counts the other jobs' time slices too. On a shared CPU the
+two setups are also timed alternately (one iteration of each in
 turn), so that a change of load affects both; on CUDA they run one after the
 other, so that each one's peak memory is its own.
 """
@@ -122,6 +126,8 @@ class Setup:
         self.built = False
         self.times = {}        # phase name -> [seconds per occurrence]
         self.ema_times = []
+        self.cpu_times = {}    # the same in process CPU seconds (all threads of this process)
+        self.ema_cpu_times = []
         self.peak_mem_gb = None
 
     def describe(self):
@@ -186,6 +192,7 @@ class Setup:
         if getattr(self.loss, 'D_first', False):   # as the loop orders them (fake reuse: D's phases first)
             self.phases = [p for p in self.phases if p.name[0] == 'D'] + [p for p in self.phases if p.name[0] == 'G']
         self.times = {phase.name: [] for phase in self.phases}
+        self.cpu_times = {phase.name: [] for phase in self.phases}
 
         # One minibatch of real images from the data set, as the loop feeds them.
         n = a.batch_size
@@ -241,24 +248,22 @@ class Setup:
 
     def iteration(self, bf16=False, record=True, verbose=False):
         """Every phase once (regularisation phases too: they are amortised in `summary`), then EMA."""
-        took = {}
-        for phase in self.phases:
+        took, took_cpu = {}, {}
+        steps = [(phase.name, lambda phase=phase: self._run_phase(phase, bf16)) for phase in self.phases]
+        for name, step in steps + [('G_ema', self._update_ema)]:
             _sync(self.device)
-            t0 = time.perf_counter()
-            self._run_phase(phase, bf16)
+            t0, c0 = time.perf_counter(), time.process_time()
+            step()
             _sync(self.device)
-            took[phase.name] = time.perf_counter() - t0
-        _sync(self.device)
-        t0 = time.perf_counter()
-        self._update_ema()
-        _sync(self.device)
-        took['G_ema'] = time.perf_counter() - t0
+            took[name], took_cpu[name] = time.perf_counter() - t0, time.process_time() - c0
         if record:
             for name, sec in took.items():
                 (self.ema_times if name == 'G_ema' else self.times[name]).append(sec)
+                (self.ema_cpu_times if name == 'G_ema' else self.cpu_times[name]).append(took_cpu[name])
         if verbose:
             print(f'  {self.name:<10s} {"timed" if record else "warm-up"} iteration: '
-                  + ', '.join(f'{k} {v:.3f}' for k, v in took.items()) + ' s', flush=True)
+                  + ', '.join(f'{k} {v:.3f}' for k, v in took.items()) + ' s wall; CPU '
+                  + ', '.join(f'{k} {v:.3f}' for k, v in took_cpu.items()) + ' s', flush=True)
 
     def summary(self):
         phases = {}
@@ -267,11 +272,17 @@ class Setup:
             ts = self.times[phase.name]
             mean = sum(ts) / len(ts)
             amortised = mean / phase.interval
+            cpu = self.cpu_times[phase.name]
+            cpu_mean = sum(cpu) / len(cpu)
             phases[phase.name] = dict(sec=mean, interval=phase.interval, amortised_sec=amortised,
-                                      samples=[round(t, 6) for t in ts])
+                                      samples=[round(t, 6) for t in ts], cpu_sec=cpu_mean,
+                                      amortised_cpu_sec=cpu_mean / phase.interval,
+                                      cpu_samples=[round(t, 6) for t in cpu])
             total += amortised
         ema = sum(self.ema_times) / len(self.ema_times)
         total += ema
+        ema_cpu = sum(self.ema_cpu_times) / len(self.ema_cpu_times)
+        total_cpu = sum(p['amortised_cpu_sec'] for p in phases.values()) + ema_cpu
         main = sum(v['amortised_sec'] for k, v in phases.items() if not k.endswith('reg'))
         reg = sum(v['amortised_sec'] for k, v in phases.items() if k.endswith('reg'))
         return dict(name=self.name, desc=self.desc, flags=self.flags, resolution=self.resolution,
@@ -281,11 +292,14 @@ class Setup:
                     augment=(self.args.augment_kwargs or {}).get('class_name') if self.augment_pipe is not None
                     else None, augment_p=self.aug_p, params=self.params, phases=phases, ema_sec=ema,
                     main_sec=main, reg_amortised_sec=reg, sec_per_iter=total, it_per_sec=1.0 / total,
+                    ema_cpu_sec=ema_cpu, cpu_sec_per_iter=total_cpu,
                     timed_iters=len(self.ema_times), peak_mem_gb=self.peak_mem_gb,
                     gflop_per_iter=getattr(self, 'gflop', None),
                     precision=getattr(self.loss, 'precision', None) if self.built else None,
                     fake_reuse=getattr(self.loss, 'fake_reuse', None) if self.built else None,
-                    phase_order=[p.name for p in self.phases] if self.built else None)
+                    phase_order=[p.name for p in self.phases] if self.built else None,
+                    up_conv={net: kwargs.get('up_conv') for net, kwargs in (('G', self.args.G_kwargs),
+                                                                            ('D', self.args.D_kwargs))})
 
 
 
@@ -425,6 +439,7 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
     info['load_avg_after'] = [round(x, 2) for x in os.getloadavg()]
     fg, sg = setups[0].result, setups[1].result
     ratio = sg['sec_per_iter'] / fg['sec_per_iter']
+    ratio_cpu = sg['cpu_sec_per_iter'] / fg['cpu_sec_per_iter']
     other = f'StyleGAN2 {sg2_cfg}' if versus == 'stylegan2' else 'FastGAN previous settings' 
     print()
     for r in (fg, sg):
@@ -432,12 +447,17 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
         flop = f', {r["gflop_per_iter"]:.2f} GFLOP' if r['gflop_per_iter'] is not None else ''
         print(f'{r["name"]:<10s} sec/iter {r["sec_per_iter"]:.4f}  it/s {r["it_per_sec"]:.4f}{mem}{flop}  '
               f'(main {r["main_sec"]:.4f}, reg amortised {r["reg_amortised_sec"]:.4f}; {_fmt_phases(r)})')
-    print(f'ratio      {ratio:.4f}  ({other} sec/iter / FastGAN sec/iter)')
+        print(f'{"":<10s} CPU sec/iter {r["cpu_sec_per_iter"]:.4f}  (samples per phase: '
+              + '; '.join(f'{k} {v["cpu_samples"]}' for k, v in r['phases'].items()) + ')')
+    print(f'ratio      {ratio:.4f}  ({other} sec/iter / FastGAN sec/iter, wall)')
+    print(f'ratio CPU  {ratio_cpu:.4f}  ({other} / FastGAN, process CPU seconds per iteration: the measure to '
+          f'quote on a shared CPU at {torch.get_num_threads()} thread(s))')
     print(f'Load average after: {info["load_avg_after"]}')
 
     if json_path:
         record = dict(bench='bench_iteration', **info, res=res, batch=batch, warmup=warmup, iters=iters, order=order,
-                      bf16=bf16, channels_last=channels_last, versus=versus, fastgan=fg, ratio=ratio)
+                      bf16=bf16, channels_last=channels_last, versus=versus, fastgan=fg, ratio=ratio,
+                      ratio_cpu=ratio_cpu)
         record['stylegan2' if versus == 'stylegan2' else 'previous'] = sg
         with open(json_path, 'a', encoding='utf-8') as f:
             f.write(json.dumps(record) + '\n')

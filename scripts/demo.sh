@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The `make demo` run: builtin:shapes -> a 32x32 zip -> a short FastGAN + DiffAugment training
+# The `make demo` run: builtin:shapes -> a 32x32 zip -> a short class-conditional FastGAN training
 # run on the CPU (reconstruction loss: mse, so no detector file is needed) -> images generated
 # from its last snapshot, and a score: the share of generated images that a small shapes
 # classifier (stylegan2_ada/training/shapes_classifier.py, trained once on freshly drawn scenes
@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${DEMO_PYTHON:-$ROOT/.venv/bin/python}"
 OUT="${DEMO_OUTDIR:-$ROOT/runs/demo}"
-DEMO_KIMG_DEFAULT=5
+DEMO_KIMG_DEFAULT=6
 KIMG="${DEMO_KIMG:-$DEMO_KIMG_DEFAULT}"
 export OMP_NUM_THREADS="${DEMO_THREADS:-1}"
 export MKL_NUM_THREADS="$OMP_NUM_THREADS"
@@ -38,38 +38,41 @@ else
     "$PY" dataset_tool.py --source=builtin:shapes --dest="$DATA" --resolution=32
 fi
 
-# The scoring classifier trains once (about 40 s of one core) and is cached: on the second core,
+# The scoring classifier trains once (about 60-80 s of one core) and is cached: on the second core,
 # while the GAN trains.
 "$PY" -c "from training import shapes_classifier as s; s.load_classifier()" &
 CLF_PID=$!
 
-# 2. Training: FastGAN with DiffAugment (color, translation, cutout) and D's reconstruction loss
-#    (--recon=mse; the official lpips needs NVIDIA's vgg16.pt). Narrow networks (--ngf/--ndf 8
+# 2. Training: FastGAN conditioned on the set's 5 shape labels (--cond=1: class-conditional batch
+#    norm in G, a projection term in D), with D's reconstruction loss (--recon=mse; the official
+#    lpips needs NVIDIA's vgg16.pt) and no augmentation. Measured at 3 kimg (2026-12-07, docs/
+#    benchmarks.md): DiffAugment's translation/cutout or colour alone gave blobs at 32x32 in
+#    a run this short; the labels gave the first closed outlines (rings). Narrow networks (--ngf/--ndf 8
 #    instead of 64; D's decoders narrow with them) so that the CPU gets through about a thousand
 #    iterations in minutes (the cfg's defaults: one G forward per iteration, folded up-convolutions,
-#    bf16 only where the CPU has it natively), and a short G_ema half-life (--ema, kimg) so that a
-#    run this short already shows in the snapshot (FastGAN's own EMA, 0.999 per step, would still
-#    be mostly the initial network). lr 1e-3 instead of FastGAN's 2e-4: at 1 kimg these tiny
-#    networks already draw compact objects on clean backgrounds with it, where 2e-4 still draws
-#    colour noise (and after 6 kimg only blobs).
+#    bf16 only where the CPU has it natively). No --ema: the cfg's G_ema ramp-up (--ema-rampup 0.05)
+#    keeps the half-life at 0.05 x the images seen, 0.25 kimg at 5 kimg, so a run this short shows
+#    in the snapshot; up to 5 kimg that is exactly what --ema=0.25 gave (same G_ema bit for bit).
+#    lr 5e-4 instead of FastGAN's 2e-4 (colour noise at 1 kimg) or 1e-3 (the colour of the
+#    blobs hopped from tick to tick). Six kimg (750 iterations) is what fits five minutes.
 echo
-echo "== 2/3 Training FastGAN + DiffAugment for $KIMG kimg on the CPU (progress: one line per kimg)"
+echo "== 2/3 Training a class-conditional FastGAN for $KIMG kimg on the CPU (progress: one line per kimg)"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 "$PY" train.py --outdir="$OUT" --data="$DATA" --device=cpu --gpus=1 --metrics=none \
-    --cfg=fastgan --aug=diffaug --recon=mse --ngf=8 --ndf=8 --batch=8 --lr=0.001 --ema=0.25 \
+    --cfg=fastgan --cond=1 --aug=noaug --recon=mse --ngf=8 --ndf=8 --batch=8 --lr=0.0005 \
     --kimg="$KIMG" --tick=1 --snap=1 --mirror=1 --workers=0 --seed=0 2>&1 | tee "$LOG"
 RUN="$(sed -n 's/^Output directory: *//p' "$LOG" | head -n 1)"
 if [ -z "$RUN" ] || [ ! -d "$RUN" ]; then
     echo "demo: could not find the run folder in train.py's output" >&2
     exit 1
 fi
-SNAP="$(ls "$RUN"/network-snapshot-*.pkl | sort | tail -n 1)"
+SNAP="$(ls "$RUN"/network-snapshot-*.pkl | LC_ALL=C sort | tail -n 1)"   # names sort in training order
 
 # 3. Use the snapshot: a few seeds with generate.py, then the score and the final grid.
 echo
 echo "== 3/3 Generating images from $(basename "$SNAP") and scoring them"
-"$PY" generate.py --network="$SNAP" --seeds=0-7 --outdir="$RUN/generated"
+"$PY" generate.py --network="$SNAP" --seeds=0-7 --class=0 --outdir="$RUN/generated"   # class 0: circle
 wait "$CLF_PID" || echo "demo: the classifier's background training failed; scoring trains it now" >&2
 "$PY" "$ROOT/scripts/demo_score.py" --network="$SNAP" --data="$DATA" --num=256 --grid="$RUN/final-grid.png" \
     --json="$RUN/score.json"
@@ -82,5 +85,5 @@ row "log.txt, training_options.json, stats.jsonl" "options, console log, per-tic
 row "reals.png" "training images"
 row "fakes_init.png, fakes*.png" "generator samples at the start and every kimg"
 row "$(basename "$SNAP")" "last snapshot (G, D, G_ema, augment pipe; .ckpt.pt resumes exactly)"
-row "generated/seed000*.png" "generate.py --seeds=0-7"
-row "final-grid.png, score.json" "64 generated images; classifier shares (generated, real)"
+row "generated/seed000*.png" "generate.py --seeds=0-7 --class=0 (circles)"
+row "final-grid.png, score.json" "64 generated images (classes in turn); classifier shares (generated, real)"

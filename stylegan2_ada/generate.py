@@ -123,6 +123,9 @@ def load_generator(network, device):
     G = next((nets[key] for key in ('G_ema', 'G') if nets[key] is not None), None)
     if G is None:
         raise click.ClickException(f'{network} contains no generator')
+    if getattr(G, 'eval_bn', None) == 'batch':   # FastGAN trained with --ema-bn=batch (recorded in the network)
+        print('Note: this generator normalises with the statistics of the batch it draws (--ema-bn=batch), '
+              'and each image here is a batch of one')
     return G.eval().requires_grad_(False).to(device)
 
 

@@ -192,6 +192,16 @@ def _ema_text(args):
                    f'until kimg {args.ema_kimg / args.ema_rampup:.4g}; --ema-rampup=none: off)')
 
 
+_EMA_BN_WORDS = dict(recompute="its own running statistics, re-estimated for each grid and snapshot",
+                     copy="G's running statistics", batch='the statistics of each generated batch')
+
+
+def _ema_bn_text(args):
+    """G_ema's batch-norm statistics in words (--ema-bn), for the cfgs that choose them."""
+    mode = args.get('ema_bn')
+    return f'; batch norm: {mode}, {_EMA_BN_WORDS[mode]}' if mode else ''
+
+
 def _summary_rows(args, resolved, summary):
     """(label, text) pairs of the start-of-run summary, optional rows included only when they apply."""
     data = args.training_set_kwargs
@@ -208,7 +218,7 @@ def _summary_rows(args, resolved, summary):
         ('Loss', f'{loss["name"]} -> {loss["class_name"]} [{loss["source"]}]'),
         ('Augmentation', _augmentation_text(args, resolved)),
         ('Batch', f'{args.batch_size} ({args.batch_gpu} per GPU/process)'),
-        ('G_ema', _ema_text(args)),
+        ('G_ema', _ema_text(args) + _ema_bn_text(args)),
         ('Training duration', f'{args.total_kimg} kimg, {args.kimg_per_tick} kimg per tick, '
                               f'snapshots every {args.network_snapshot_ticks} ticks'),
         ('Device', f'{args.device} x {args.num_gpus}'),
@@ -228,6 +238,8 @@ def _summary_rows(args, resolved, summary):
     rows.append(('Metrics', ', '.join(args.metrics) if args.metrics else 'none'))
     if args.resume_pkl:
         rows.append(('Resume from', f'{args.resume_pkl} ({resolved["resume"]["note"]})'))
+    if resolved.get('recorded'):
+        rows.append(('Options restored', resolved['recorded']['text']))
     return rows
 
 
@@ -312,7 +324,7 @@ def _open_run(outdir, desc, args, resolved, summary, asset_lines):
         _print_row('Asset', line)
     options_path = os.path.join(args.run_dir, 'training_options.json')
     with open(f'{options_path}.tmp{os.getpid()}', 'wt', encoding='utf-8') as f:
-        json.dump(args, f, indent=2)
+        json.dump({**args, **summary.get('record', {})}, f, indent=2)   # + the options a resume restores
     os.replace(f'{options_path}.tmp{os.getpid()}', options_path)   # Whole or absent: --resume reads it.
     return logger
 
@@ -385,7 +397,8 @@ def _metrics_option(ctx, param, value):
 # (declarations, click.option keywords), in --help order. Option names and defaults are
 # upstream's (users' command lines keep working); the kdgan options follow their style.
 _OPTIONS = (
-    (('--outdir',), dict(required=True, metavar='DIR', help='Folder that receives the run folders')),
+    (('--outdir',), dict(metavar='DIR', help='Folder that receives the run folders [default with '
+                                             '--resume=<run>: the folder that run is in]')),
     (('--gpus',), dict(type=click.IntRange(min=1), default=1, metavar='INT',
                        help='How many GPUs (or CPU processes) share the work [default: 1]')),
     (('--snap',), dict(type=click.IntRange(min=1), default=50, metavar='INT',
@@ -394,7 +407,8 @@ _OPTIONS = (
                           help='Metrics at each snapshot: names separated by commas, or none [default: fid50k_full]')),
     (('--seed',), dict(type=int, default=0, metavar='INT', help='Seed for every random choice [default: 0]')),
     (('-n', '--dry-run'), dict(is_flag=True, help='Show the resolved options, then stop before training')),
-    (('--data',), dict(required=True, metavar='PATH', help='Images: a folder, a zip, or builtin:shapes[-RES]')),
+    (('--data',), dict(metavar='PATH', help="Images: a folder, a zip, or builtin:shapes[-RES] [default with "
+                                            "--resume=<run>: that run's]")),
     (('--cond',), dict(type=bool, metavar='BOOL',
                        help="Condition G and D on the data set's labels [default: false]")),
     (('--subset',), dict(type=int, metavar='INT', help='Use a random N of the images [default: all of them]')),
@@ -418,7 +432,8 @@ _OPTIONS = (
                           help='Which augmentations ADA (or --aug=fixed) applies [default: bgc]')),
     (('--resume',), dict(metavar='PKL', help='Start from a network pickle, checkpoint, run folder, outdir (its '
                                              'newest complete snapshot), URL or ' + '|'.join(resume_specs)
-                                             + ' [default: noresume]')),
+                                             + '; a train.py run also restores its options: give only what '
+                                             'changes, e.g. --kimg [default: noresume]')),
     (('--resume-mode',), dict(type=click.Choice(['auto', 'networks']), default='auto',
                               help='networks: take only the weights (upstream; options may change), never the '
                                    'training state [default: auto = exact where a checkpoint exists]')),
@@ -446,6 +461,9 @@ _OPTIONS = (
                                                         "so far, so early snapshots show what G learnt; none = off "
                                                         "[default: the cfg's: 0.05; none for stylegan2, paper256/512/1024 "
                                                         "and biggan_cifar, whose G_ema copies G up to kimg 200]")),
+    (('--ema-bn',), dict(type=click.Choice(list(config.EMA_BN_MODES)),
+                         help="FastGAN: G_ema's batch-norm statistics in grids, snapshots and metrics: recompute "
+                              "(its own), copy (G's) or batch (each generated batch's) [default: the cfg's]")),
     (('--grid',), dict(type=click.IntRange(min=1), metavar='INT',
                        help='Image grids: at most this many cells per side [default: 32; 8 on the CPU]')),
     (('--detector-dir',), dict(metavar='DIR', help='Folder with metric/LPIPS detector files (else '
@@ -478,6 +496,24 @@ _OPTIONS = (
 )
 
 
+_GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+def _with_recorded(options, outdir, dry_run):
+    """The options not given on the command line come from the resumed run's training_options.json
+    (config.with_recorded: precedence step 0); --outdir defaults to the folder that run is in."""
+    ctx = click.get_current_context()
+    given = tuple(name for name in ctx.params if ctx.get_parameter_source(name) in _GIVEN)
+    flags, recorded = _clicked(config.with_recorded)(config.Flags(dry_run=dry_run, explicit=given, **options))
+    if outdir is None:
+        if recorded is None:
+            raise click.UsageError("Missing option '--outdir' (it may be left out only with --resume=<a train.py "
+                                   "run folder, checkpoint or snapshot>, whose folder it then is)")
+        outdir = os.path.dirname(recorded.run_dir)
+    options = {key: value for key, value in vars(flags).items() if key != 'dry_run'}
+    return options, outdir
+
+
 def _with_options(command):
     for declarations, keywords in reversed(_OPTIONS):
         command = click.option(*declarations, **keywords)(command)
@@ -499,6 +535,7 @@ def main(outdir, dry_run, **options):
     for name in ('cbase', 'cmax'):
         if options[name] is not None and options[name] < 1:
             raise click.BadParameter('must be positive', param_hint=f"'--{name}'")
+    options, outdir = _with_recorded(options, outdir, dry_run)
     _clicked(preflight.check_outdir)(outdir)
     detector_dir = options['detector_dir']
     if detector_dir is not None:

@@ -18,6 +18,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     try:
         import torch
         torch.set_num_threads(1)
+        # torch's compiler stack, loaded up front: a worker runs a share of the whole suite, and some
+        # test of it builds an optimiser (which loads it) anyway. Once it is loaded, train.py's preflight
+        # builds networks with meta weights in in-process dry runs too, whatever test ran first
+        # (the golden dry-run case: about 53 -> 25 CPU seconds).
+        import torch._dynamo  # noqa: F401
     except Exception:  # torch missing: the import errors speak elsewhere
         pass
 

@@ -641,7 +641,10 @@ def training():
         training_loop.training_loop(run_dir=run_dir, **kw)
         with open(os.path.join(run_dir, 'stats.jsonl')) as f:
             stats = [json.loads(line) for line in f if line.strip()]
-        snaps = sorted(n for n in os.listdir(run_dir) if re.fullmatch(r'network-snapshot-\d+\.pkl', n))
+        # The newest snapshot. All three were one overwritten file when the record was made; now
+        # they are 000000, 000000_with020img, 000000_with032img, in training order by name.
+        names = r'network-snapshot-\d+(_with\d{3}img)?\.pkl'
+        snaps = sorted(n for n in os.listdir(run_dir) if re.fullmatch(names, n))
         with open(os.path.join(run_dir, snaps[-1]), 'rb') as f:
             snap = pickle.load(f)
     res['ticks'] = [s['Progress/tick']['mean'] for s in stats]

@@ -61,6 +61,23 @@ def one_thread():
         yield
 
 
+@pytest.fixture(scope='module')
+def data16(tmp_path_factory):
+    """builtin:shapes as 16 images of 16x16: the smallest data a training-loop test needs."""
+    from training import shapes
+    return shapes.materialize_builtin('builtin:shapes', str(tmp_path_factory.mktemp('data')), resolution=16,
+                                      num_images=16)
+
+
+@pytest.fixture
+def own_stat_totals(monkeypatch):
+    """training_stats keeps process-wide totals: a run in this process starts from none, and leaves none
+    behind (NaN losses of a divergence test would otherwise reach every later test of the worker)."""
+    from torch_utils import training_stats
+    monkeypatch.setattr(training_stats, '_totals', {})
+    monkeypatch.setattr(training_stats, '_counters', {})
+
+
 def save_random_vgg16(folder):
     """A random-weight VGG16+LPIPS of the real architecture, scripted and saved as `folder`/vgg16.pt."""
     from metrics.vgg16_lpips import make_random_vgg16_lpips

@@ -53,7 +53,14 @@ def test_bench_iteration_tiny(tmp_path):
         assert math.isclose(r['sec_per_iter'], parts, rel_tol=1e-9)
         assert math.isclose(r['it_per_sec'], 1 / r['sec_per_iter'], rel_tol=1e-9)
         assert r['peak_mem_gb'] is None  # CPU: no CUDA peak memory
+        # Process CPU time: per phase and sample, and the iteration is its amortised phases plus EMA.
+        for name, p in r['phases'].items():
+            assert len(p['cpu_samples']) == 1 and p['cpu_sec'] > 0, name
+            assert math.isclose(p['amortised_cpu_sec'], p['cpu_sec'] / p['interval'], rel_tol=1e-12)
+        cpu_parts = sum(p['amortised_cpu_sec'] for p in r['phases'].values()) + r['ema_cpu_sec']
+        assert math.isclose(r['cpu_sec_per_iter'], cpu_parts, rel_tol=1e-9)
     assert math.isclose(rec['ratio'], sg['sec_per_iter'] / fg['sec_per_iter'], rel_tol=1e-12)
+    assert math.isclose(rec['ratio_cpu'], sg['cpu_sec_per_iter'] / fg['cpu_sec_per_iter'], rel_tol=1e-12)
 
     # The printed figures agree with the record (up to their printed rounding).
     printed = dict(re.findall(r'^(fastgan|stylegan2)\s+sec/iter ([0-9.]+)', stdout, re.M))
@@ -61,6 +68,21 @@ def test_bench_iteration_tiny(tmp_path):
     assert float(printed['stylegan2']) == round(sg['sec_per_iter'], 4)
     ratio = float(re.search(r'^ratio\s+([0-9.]+)', stdout, re.M).group(1))
     assert ratio == round(rec['ratio'], 4)
+    assert float(re.search(r'^ratio CPU\s+([0-9.]+)', stdout, re.M).group(1)) == round(rec['ratio_cpu'], 4)
     assert abs(ratio - float(printed['stylegan2']) / float(printed['fastgan'])) < 1e-3 * max(ratio, 1)
     assert re.search(r'^Machine: .+, \d+ cores', stdout, re.M)
     assert 'load average' in stdout and 'torch ' in stdout
+
+
+def test_bench_versus_previous_builds_both_fastgan_settings(tmp_path):
+    """--versus=previous: the new defaults against the pre-issue-14 settings, interleaved in one run."""
+    jsonl = tmp_path / 'bench.jsonl'
+    stdout = _run(tmp_path, '--versus=previous', f'--json={jsonl}')
+    rec = json.loads(jsonl.read_text())
+    new, old = rec['fastgan'], rec['previous']
+    assert rec['versus'] == 'previous' and rec['order'] == 'interleave'
+    assert new['phase_order'] == ['Dboth', 'Gboth'] and old['phase_order'] == ['Gboth', 'Dboth']
+    assert new['fake_reuse'] is True and old['fake_reuse'] is False and old['precision'] == 'fp32'
+    assert new['up_conv'] == {'G': 'folded', 'D': 'folded'} and old['up_conv'] == {'G': 'nearest', 'D': 'nearest'}
+    assert math.isclose(rec['ratio_cpu'], old['cpu_sec_per_iter'] / new['cpu_sec_per_iter'], rel_tol=1e-12)
+    assert 'FastGAN previous settings' in stdout

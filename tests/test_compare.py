@@ -1,5 +1,5 @@
 """bench/compare.py end to end on CPU: two methods on builtin:shapes-32 with a tiny network, a
-tiny budget (5 snapshots per run, all sharing train.py's file name network-snapshot-000000.pkl),
+tiny budget (5 snapshots per run, all within kimg 0: network-snapshot-000000*.pkl),
 one seed, and a tiny TorchScript detector with NVIDIA's call signature for fid64_full.
 
 The comparison is interrupted (SIGTERM) while the second run trains (at its tick 1 of 4, so that a
@@ -142,8 +142,8 @@ def test_rerun_skips_the_finished_run_and_resumes_the_other(grid):
     starts = re.findall(r'\[compare\] (\S+) seed 0: training (\S+)', out)
     assert starts == [('stylegan2+noaug', 'resumed')], out[-3000:]
     assert 'checking the flags of stylegan2+ada' not in out
-    assert re.search(r'resumed from runs/stylegan2\+noaug-seed0/train/00000-[^/]+/network-snapshot-000000\.ckpt\.pt',
-                     out)
+    assert re.search(r'resumed from runs/stylegan2\+noaug-seed0/train/00000-[^/]+/network-snapshot-000000'
+                     r'(_with\d{3}img)?\.ckpt\.pt', out)
     # Nothing in the finished run's folder changed: same files, same mtimes and sizes.
     assert tree(run_folder(grid['outdir'], METHODS[0])) == grid['run1_tree']
     # The unfinished run has two sessions; the second resumed exactly.
@@ -186,11 +186,12 @@ def test_resumed_run_equals_an_uninterrupted_one(grid):
 
     with open(os.path.join(folder, 'snapshots', run['snapshots'][-1]['name']), 'rb') as f:
         resumed = pickle.load(f)
-    with open(straight / session / 'network-snapshot-000000.pkl', 'rb') as f:
+    from training import checkpoint   # Each folder's newest snapshot (names no longer collide within a kimg).
+    with open(checkpoint.list_snapshots(straight / session)[-1], 'rb') as f:
         uninterrupted = pickle.load(f)
     for key in ('G', 'D', 'G_ema'):
         assert differences(resumed[key].state_dict(), uninterrupted[key].state_dict(), key) == []
-    ckpts = [torch.load(os.path.join(where, 'network-snapshot-000000.ckpt.pt'), map_location='cpu',
+    ckpts = [torch.load(checkpoint.list_snapshots(where, checkpoint.CKPT_SUFFIX)[-1], map_location='cpu',
                         weights_only=True) for where in (os.path.join(folder, 'train', last), straight / session)]
     for ckpt in ckpts:
         assert ckpt['progress']['cur_nimg'] == 128
@@ -211,7 +212,7 @@ def test_results_json_holds_what_was_measured(grid):
     for run in results['runs']:
         folder = os.path.join(outdir, run['run_dir'])
         snaps = run['snapshots']
-        # Five snapshots (ticks 0-4) although train.py wrote all five as network-snapshot-000000.pkl.
+        # Five snapshots (ticks 0-4), all within kimg 0 (train.py's names: 000000, 000000_with036img, ...).
         assert [s['tick'] for s in snaps] == [0, 1, 2, 3, 4]
         assert [s['kimg'] for s in snaps] == [0.004, 0.036, 0.068, 0.1, 0.128]
         seconds = [s['seconds'] for s in snaps]

@@ -90,3 +90,29 @@ def test_demo_score_reports_both_shares(tmp_path, monkeypatch, small_clf):
     assert score['real']['confident_share'] >= 0.8 and score['real']['num_images'] == 100
     assert score['generated']['confident_share'] <= 0.1 and score['generated']['num_images'] == 16
     assert os.path.isfile(tmp_path / 'grid.png') and 'generated:' in res.output and 'real' in res.output
+
+
+def _blur(x, sigma):
+    """Separable Gaussian blur (9 taps, replicate padding) of NCHW floats."""
+    taps = torch.exp(-torch.arange(-4, 5, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    k = (taps / taps.sum()).repeat(x.shape[1], 1)
+    x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [4, 4, 0, 0], mode='replicate'), k[:, None, None, :],
+                                   groups=x.shape[1])
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(x, [0, 0, 4, 4], mode='replicate'), k[:, None, :, None],
+                                      groups=x.shape[1])
+
+
+def test_damage_a_person_looks_past_keeps_the_shape(small_clf):
+    """A 1 px blur or pixel noise of std 0.1 leaves every shape plain to a person; the judge must
+    still call many of them, while lumpy blobs stay 'other'."""
+    real, labels = _real(32)
+    x = sc.to_input(real)
+    gen = torch.Generator().manual_seed(3)
+    blurred = _blur(x, 1.0)
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+    # Bars for the quick variant (v3, the pixel-perfect judge, gave 3 % and 0 %; the default v5
+    # gives 72 % and 99 %, docs/benchmarks.md).
+    for name, images, bar in (('blur 1 px', blurred, 0.25), ('noise 0.1', noisy, 0.5)):
+        assert sc.confident_share(small_clf, images) >= bar, name
+        assert float((sc.probabilities(small_clf, images).argmax(1) == labels).float().mean()) >= 0.9, name
+    assert sc.confident_share(small_clf, sc._blob(x, gen)) <= 0.1

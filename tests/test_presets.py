@@ -43,7 +43,7 @@ def test_fastgan_ema_is_0999_per_step_at_batch_8():
     ema_kimg = registry.defaults('cfg', 'fastgan')['ema']
     beta = 0.5 ** (8 / (ema_kimg * 1000))   # The loop's formula.
     assert beta == pytest.approx(0.999, abs=1e-7)
-    assert presets.loop_options('fastgan') == dict(G_reg_interval=None, D_reg_interval=None)
+    assert presets.loop_options('fastgan') == dict(G_reg_interval=None, D_reg_interval=None, ema_bn='copy')
     assert presets.loop_options('paper256') == {}
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import dnnlib
-from training import checkpoint, shapes, training_loop
-from helpers import one_thread, tiny_stylegan2_kwargs  # noqa: F401,E402 (one_thread: autouse fixture)
+from training import checkpoint, training_loop
+from helpers import data16, one_thread, own_stat_totals, tiny_stylegan2_kwargs  # noqa: F401,E402 (fixtures)
 
 E = dnnlib.EasyDict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,21 +24,9 @@ HARNESS = os.path.join(ROOT, 'stylegan2_ada')
 RES = 16
 
 
-@pytest.fixture(scope='module')
-def data16(tmp_path_factory):
-    return shapes.materialize_builtin('builtin:shapes', str(tmp_path_factory.mktemp('data')), resolution=RES,
-                                      num_images=16)
-
-
-
-
 @pytest.fixture(autouse=True)
-def own_stat_totals(monkeypatch):
-    """training_stats keeps process-wide running totals: the NaN losses of the divergence test
-    would stay in them for every later test of this process (under xdist, of other files too)."""
-    from torch_utils import training_stats
-    monkeypatch.setattr(training_stats, '_totals', {})
-    monkeypatch.setattr(training_stats, '_counters', {})
+def fresh_stat_totals(own_stat_totals):
+    """Every test here starts from empty training_stats totals (helpers.own_stat_totals)."""
 
 
 def tiny_kwargs(path, **overrides):

@@ -37,7 +37,8 @@ def _run_folder(outdir):
 
 
 def _final(run_dir):
-    return torch.load(os.path.join(run_dir, 'network-snapshot-000000.ckpt.pt'), map_location='cpu',
+    from training import checkpoint   # Its newest snapshot (names no longer collide within a kimg).
+    return torch.load(checkpoint.list_snapshots(run_dir, checkpoint.CKPT_SUFFIX)[-1], map_location='cpu',
                       weights_only=True)
 
 

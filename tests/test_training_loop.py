@@ -416,7 +416,8 @@ def test_progress_abort_and_metrics_hooks(shapes_path, tmp_path, monkeypatch):
     assert [s['Progress/tick']['mean'] for s in stats] == [0, 1]
     assert latest_ckpt(run_dir)['progress']['cur_nimg'] == 24      # Stopped early, snapshot written.
     # Snapshots at tick 0 and at the abort (tick 1, not a multiple of 2): one metric each.
-    expected = [('calc', 'fid_stand_in', 'Generator', False, shapes_path, 1, 0),
-                ('report', 'fid_stand_in', 'network-snapshot-000000.pkl', run_dir)]
-    assert calls == expected * 2
+    # Both in kimg 0: the second no longer overwrites the first (issue 16, item 6).
+    calc = ('calc', 'fid_stand_in', 'Generator', False, shapes_path, 1, 0)
+    assert calls == [calc, ('report', 'fid_stand_in', 'network-snapshot-000000.pkl', run_dir),
+                     calc, ('report', 'fid_stand_in', 'network-snapshot-000000_with024img.pkl', run_dir)]
     assert stats[-1]['Progress/kimg']['mean'] == pytest.approx(0.024)

@@ -2,7 +2,6 @@
 import contextlib
 import json
 import os
-import re
 
 from bench.comparison.common import SEGMENT_RE
 
@@ -67,13 +66,18 @@ def list_segments(train_dir):
 
 def _snapshot_file_for(seg, tick, lower):
     """The network-snapshot-*.pkl train.py wrote at `tick`, if it is still there: the file whose
-    mtime lies after the previous stats line and not after this tick's line. Returns (path, stat)."""
+    mtime lies after the previous stats line and not after this tick's line, and whose name
+    fits the tick's image count (stats hold kimg as float32: a few images of slack). Old names
+    (whole kimg) and new ones (`_with<NNN>img` within a kimg) alike. Returns (path, stat)."""
+    from training import checkpoint   # the harness's one reader of snapshot names
     nimg = int(round(tick.kimg * 1000))
-    whole = nimg // 1000
-    for kimg in (whole, whole - 1, whole + 1):   # stats hold kimg as float32
-        if kimg < 0:
+    slack = 2 + nimg * 1e-7
+    for path in reversed(checkpoint.list_snapshots(seg.path)):
+        kimg, extra = checkpoint.snapshot_order(path)
+        if extra < 0 and not -1 <= nimg // 1000 - kimg <= 1:
             continue
-        path = os.path.join(seg.path, 'network-snapshot-{:06d}.pkl'.format(kimg))
+        if extra >= 0 and abs(kimg * 1000 + extra - nimg) > slack:
+            continue
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -166,13 +170,10 @@ def final_index(snaps, kimg, minutes):
 
 
 def latest_checkpoint(segments):
-    """The newest exact-resume checkpoint of a run: in the newest session that has one, the highest kimg."""
+    """The newest exact-resume checkpoint of a run: in the newest session that has one, the newest snapshot's."""
+    from training import checkpoint
     for seg in reversed(segments):
-        best = None
-        for name in os.listdir(seg.path):
-            m = re.fullmatch(r'network-snapshot-(\d+)\.ckpt\.pt', name)
-            if m and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), os.path.join(seg.path, name))
-        if best is not None:
-            return best[1]
+        found = checkpoint.list_snapshots(seg.path, checkpoint.CKPT_SUFFIX)
+        if found:
+            return found[-1]
     return None

@@ -88,16 +88,27 @@ BatchNorm under EMA (decision)
 The official code averages only G's parameters and evaluates G in train
 mode, i.e. with batch statistics: outputs then depend on which other samples
 are in the batch, and a batch of one (generate.py, projector.py) is
-degenerate. Here G_ema is evaluated in eval mode with running statistics.
-The training loop already copies buffers (BN running mean/var, SN vectors,
-noise buffers) from G to G_ema every step, so G_ema normalises with G's
-running statistics; late in training the averaged weights are close to G's,
-so the mismatch is small, and outputs are per-sample deterministic.
-For an exact match, `G.recompute_bn_stats()` re-estimates the running
-statistics of this very network (cumulative average over random batches in
-train-mode BN, everything else unchanged; "precise BN"); call it on a
-G_ema copy before metrics or export. The official behaviour is still
-available by calling `G.train()` before sampling.
+degenerate. The training loop copies G's buffers (BN running mean/var, SN
+vectors, noise buffers) into G_ema every step, so in eval mode G_ema would
+normalise with statistics gathered for other weights. Which statistics
+G_ema's pictures, snapshots and metrics use is therefore a training option,
+`ema_bn` (`--ema-bn`; the fastgan cfgs' default is presets.FASTGAN_EMA_BN,
+chosen by measured FID, docs/benchmarks.md):
+
+* 'copy': G's running statistics, as copied (what every run did before the
+  option existed);
+* 'recompute': G_ema's own, from `recompute_bn_stats()` (a cumulative
+  average over seeded random batches with train-mode BN, "precise BN") on
+  a copy of G_ema before each grid and snapshot; the snapshot holds them;
+* 'batch': the statistics of each generated batch, as the official
+  evaluation: the loop makes G_ema with `with_eval_bn('batch')`, which
+  records `eval_bn='batch'` among its constructor arguments, so pickles and
+  weights-only model files of it do the same in eval mode (pictures then
+  depend on the batch: metrics generate 64 at a time on the CPU, 4 on a GPU).
+
+`eval_bn` ('running' | 'batch') only changes eval mode; train mode always
+normalises with the batch and updates the buffers. Networks recorded before
+the option have no `eval_bn` and keep running statistics.
 
 Discriminator interface
 -----------------------
@@ -165,6 +176,10 @@ DECODER_WIDTHS = ('fixed', 'ndf')
 # transposed convolution whose taps are sums of the 3x3 taps (4/9 of the multiply-adds; equal up to
 # float rounding). The parameters are the same either way.
 UP_CONVS = ('nearest', 'folded')
+# Which statistics G's batch norms use in eval mode: 'running' (the buffers; per-sample deterministic
+# outputs) or 'batch' (those of the batch being generated, as in the official evaluation, where G is
+# sampled in train mode). Train mode always normalises with batch statistics and updates the buffers.
+EVAL_BNS = ('running', 'batch')
 
 
 def decoder_channels(ndf, decoder_widths):
@@ -325,8 +340,13 @@ class CondBatchNorm(torch.nn.Module):
             self.embed_weight = torch.nn.Parameter(torch.empty(c_dim, channels).normal_(1.0, 0.02))
             self.embed_bias = torch.nn.Parameter(torch.zeros(c_dim, channels))
 
+    eval_batch_stats = False   # Set by the Generator from its eval_bn (instances record their own).
+
     def forward(self, x, c=None):
-        x = self.bn(x)
+        if self.bn.training or not self.eval_batch_stats:   # (recompute_bn_stats trains the bn alone)
+            x = self.bn(x)
+        else:   # Batch statistics without touching the running buffers.
+            x = F.batch_norm(x, None, None, self.bn.weight, self.bn.bias, True, 0.0, self.bn.eps)
         if self.c_dim == 0:
             return x
         gamma = (c.to(x.dtype) @ self.embed_weight.to(x.dtype))[:, :, None, None]
@@ -556,13 +576,16 @@ class Generator(torch.nn.Module):
     are ignored), ngf (64), lite (every up block plain: Up instead of UpComp),
     output_tanh (None: official, tanh only at 1024), up_conv ('nearest', the
     reference arithmetic and the default of networks that recorded none, or
-    'folded', see UP_CONVS).
+    'folded', see UP_CONVS), eval_bn ('running', the default of networks that
+    recorded none, or 'batch', see EVAL_BNS and `with_eval_bn`).
     """
 
     def __init__(self, z_dim=256, c_dim=0, w_dim=None, img_resolution=256, img_channels=3, mapping_kwargs={},
-                 synthesis_kwargs={}, ngf=64, lite=False, output_tanh=None, up_conv='nearest'):
+                 synthesis_kwargs={}, ngf=64, lite=False, output_tanh=None, up_conv='nearest', eval_bn='running'):
         super().__init__()
         _check_resolution(img_resolution)
+        if eval_bn not in EVAL_BNS:
+            raise ValueError(f"eval_bn must be one of {', '.join(EVAL_BNS)}, got {eval_bn!r}")
         if w_dim not in (None, z_dim, z_dim + c_dim):
             raise ValueError(f'FastGAN has no mapping network, so w is z: w_dim must be z_dim ({z_dim}) '
                              f'(or z_dim + c_dim), got {w_dim}')
@@ -585,6 +608,10 @@ class Generator(torch.nn.Module):
         self.num_ws = self.synthesis.num_ws
         self.aux_resolution = self.synthesis.aux_resolution
         self.mapping = FastGANMapping(z_dim, c_dim, self.w_dim, self.num_ws)
+        self.eval_bn = eval_bn
+        for module in self.modules():
+            if isinstance(module, CondBatchNorm):
+                module.eval_batch_stats = eval_bn == 'batch'
 
     def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None, **synthesis_kwargs):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
@@ -631,6 +658,24 @@ class Generator(torch.nn.Module):
             for m, mode in modes.items():
                 m.training = mode
         return self
+
+    def with_eval_bn(self, eval_bn):
+        """This network with `eval_bn` (EVAL_BNS) among its recorded constructor arguments, so that
+        its pickles, weights-only model files and rebuilds keep the setting: a new instance holding
+        the same tensors, devices, modes and requires_grad flags (`self` when it already has it).
+        Building it leaves torch's global random streams as they were."""
+        if eval_bn == self.eval_bn:
+            return self
+        with torch.random.fork_rng(devices=[]):
+            twin = type(self)(*self.init_args, **dict(self.init_kwargs, eval_bn=eval_bn))
+        device = next(self.parameters()).device
+        twin = twin.to(device)
+        misc.copy_params_and_buffers(self, twin, require_all=True)
+        for mine, theirs in zip(twin.modules(), self.modules()):
+            mine.training = theirs.training
+        for mine, theirs in zip(twin.parameters(), self.parameters()):
+            mine.requires_grad_(theirs.requires_grad)
+        return twin
 
 # Discriminator.
 

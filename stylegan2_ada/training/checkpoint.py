@@ -22,6 +22,8 @@ complete only when its checkpoint exists, and a pickle without one is never
 taken for a resume of a folder.
 
 API for train.py:
+    snapshot_pkl_name(nimg, previous_nimg) -> a snapshot's name (never one an earlier snapshot has)
+    list_snapshots(run_dir)   -> a folder's snapshots in training order (old and new names)
     find_latest(run_dir)      -> the newest complete snapshot in a run folder, or None
     find_resumable(folder)    -> the same for a run folder's lineage or an --outdir
     resolve_resume(path, mode) -> EasyDict(pkl, ckpt, exact, kimg) describing a resume
@@ -48,15 +50,43 @@ import dnnlib
 FORMAT_NAME = 'kdgan-exact-resume'
 FORMAT_VERSION = 1
 CKPT_SUFFIX = '.ckpt.pt'
-_SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d+)(\.pkl|\.ckpt\.pt)$')
+# `network-snapshot-<kimg>[_with<images>img]<suffix>`: see snapshot_stem(). Groups: kimg, images, suffix.
+_SNAPSHOT_RE = re.compile(r'^network-snapshot-(\d+)(?:_with(\d{3})img)?(\.pkl|\.ckpt\.pt|\.safetensors)$')
 _RUN_FOLDER_RE = re.compile(r'^(\d+)-')
 _TEMPORARY_RE = re.compile(r'^.+\.tmp(\d+)$')   # temporary_path()'s names
 
 
 # Names and lookup.
 
-def snapshot_pkl_name(kimg):
-    return 'network-snapshot-{:06d}.pkl'.format(int(kimg))
+def snapshot_stem(nimg, previous_nimg=None):
+    """The part of a snapshot's (or image grid's) name that says when it was taken.
+
+    Upstream's `<kimg:06d>` (whole kimg, rounded down) for the first snapshot a run folder
+    holds in that kimg; `<kimg:06d>_with<NNN>img` for a later one in the same kimg (`NNN`
+    images past it), where upstream would have overwritten the earlier file. `previous_nimg`
+    is the image count of the folder's previous snapshot (None: there is none).
+
+    Training order is name order, byte-wise (Python's sorted, `LC_ALL=C ls`: `000000.pkl` <
+    `000000_with250img.pkl` < `000001.pkl` as '.' < '_') and in glibc locales such as
+    en_US.UTF-8, which skip punctuation: there 'w' follows the first letter of every suffix
+    (.pkl, .ckpt.pt, .safetensors, and .png for the grids)."""
+    kimg, extra = divmod(int(nimg), 1000)
+    if previous_nimg is None or int(previous_nimg) // 1000 != kimg:
+        return '{:06d}'.format(kimg)
+    return '{:06d}_with{:03d}img'.format(kimg, extra)
+
+
+def snapshot_pkl_name(nimg, previous_nimg=None):
+    return 'network-snapshot-{}.pkl'.format(snapshot_stem(nimg, previous_nimg))
+
+
+def snapshot_order(name):
+    """Sort key of a snapshot file name, old or new: (kimg, images past it; -1 for the plain
+    name, which is the first of its kimg), or None for any other name."""
+    m = _SNAPSHOT_RE.match(os.path.basename(name))
+    if m is None:
+        return None
+    return int(m.group(1)), -1 if m.group(2) is None else int(m.group(2))
 
 
 def ckpt_path_for(pkl_path):
@@ -76,17 +106,24 @@ def temporary_path(path):
 
 
 def _snapshots(run_dir, suffix):
-    """{kimg: path} of the snapshot files in `run_dir` with this suffix ('.pkl' or CKPT_SUFFIX)."""
+    """{snapshot_order key: path} of the snapshot files in `run_dir` with this suffix ('.pkl' or
+    CKPT_SUFFIX); max() of the keys is the newest."""
     found = {}
     for fname in os.listdir(run_dir) if os.path.isdir(run_dir) else ():
         m = _SNAPSHOT_RE.match(fname)
-        if m is not None and m.group(2) == suffix:
-            found[int(m.group(1))] = os.path.join(run_dir, fname)
+        if m is not None and m.group(3) == suffix:
+            found[snapshot_order(fname)] = os.path.join(run_dir, fname)
     return found
 
 
+def list_snapshots(run_dir, suffix='.pkl'):
+    """The snapshot files of `run_dir` with this suffix, oldest first (old and new names)."""
+    found = _snapshots(run_dir, suffix)
+    return [found[key] for key in sorted(found)]
+
+
 def find_latest(run_dir):
-    """The newest *complete* snapshot in `run_dir`: the highest kimg whose checkpoint exists
+    """The newest *complete* snapshot in `run_dir`: the newest one whose checkpoint exists
     (the checkpoint is renamed into place last, so it marks the snapshot as whole). Returns
     its .pkl path when the pickle is there too, else the .ckpt.pt; None when there is none."""
     done = _snapshots(run_dir, CKPT_SUFFIX)
@@ -195,8 +232,8 @@ def resolve_resume(path, mode='auto'):
         elif not os.path.isfile(path):
             raise FileNotFoundError('--resume: {} does not exist; give a snapshot .pkl, a {} checkpoint, a '
                                     'run folder or an --outdir'.format(path, CKPT_SUFFIX))
-    m = _SNAPSHOT_RE.match(os.path.basename(path))
-    kimg = int(m.group(1)) if m else None
+    order = snapshot_order(path)
+    kimg = order[0] if order else None
     if path.endswith(CKPT_SUFFIX):
         pkl, ckpt = pkl_path_for(path), path
         pkl = pkl if os.path.isfile(pkl) else None
@@ -261,17 +298,23 @@ def options_hash(options):
     return hashlib.sha256(options_json(options).encode('utf-8')).hexdigest()[:16]
 
 
+def option_differences(ckpt_state, options, shared_only=False):
+    """[(name, checkpoint's value, value in `options`)] of the options that differ, as JSON values,
+    sorted by name ('<absent>' where one side lacks it). `shared_only` compares only the names both
+    hold: for a caller (train.py's preflight) that does not know every trajectory option yet."""
+    saved = json.loads(ckpt_state.get('options_json', '{}'))
+    now = json.loads(options_json(options))
+    names = set(saved) & set(now) if shared_only else set(saved) | set(now)
+    return [(key, saved.get(key, '<absent>'), now.get(key, '<absent>')) for key in sorted(names)
+            if saved.get(key, '<absent>') != now.get(key, '<absent>')]
+
+
 def check_options(ckpt_state, options, ckpt_path):
     """Refuse a resume whose training options differ from the checkpoint's."""
     if ckpt_state.get('options_hash') == options_hash(options):
         return
-    saved = json.loads(ckpt_state.get('options_json', '{}'))
-    now = json.loads(options_json(options))
-    diffs = []
-    for key in sorted(set(saved) | set(now)):
-        if saved.get(key, '<absent>') != now.get(key, '<absent>'):
-            diffs.append('  {}: checkpoint {} vs now {}'.format(key, json.dumps(saved.get(key, '<absent>')),
-                                                               json.dumps(now.get(key, '<absent>'))))
+    diffs = ['  {}: checkpoint {} vs now {}'.format(key, json.dumps(saved), json.dumps(now))
+             for key, saved, now in option_differences(ckpt_state, options)]
     raise ValueError('Cannot resume exactly from {}: the training options differ:\n{}\n'
                      'Use the same options, or start from its networks only (upstream semantics): '
                      'train.py --resume-mode=networks (training_loop: resume_mode=\'networks\').'.format(

@@ -7,6 +7,13 @@ temporary folder a dry run drew a built-in data set into.
 
 Precedence, lowest first (one run of `resolve`, in this order):
 
+0. a resume of a train.py run (`--resume=<run folder, outdir, checkpoint or
+   snapshot>`) first fills every option the caller did not give from that
+   run's training_options.json (training.recorded_options): they then count
+   as that run's explicit flags, so they beat its cfg's presets (steps 1-4)
+   and lose to the options given now (`Flags.explicit`, from the command
+   line); a given option that moves an exact resume off the recorded run's
+   trajectory is refused in one line naming it;
 1. the built-in table row (training.cfg_specs) of `--cfg`, or of a plug-in
    cfg's `base` (default `auto`);
 2. the `defaults` of the cfg preset, then the loss preset, then the aug
@@ -78,6 +85,8 @@ DEFAULT_ADA_TARGET = 0.6
 DEFAULT_ADA_KIMG = 500  # kimg for ADA's p to travel from 0 to 1.
 TRANSFER_ADA_KIMG = 100  # After a networks-only resume ADA must react to the new data quickly.
 DEFAULT_AUGPIPE = 'bgc'
+# training_loop's ema_bn: how G_ema's batch norms are evaluated (cfgs whose G has them set it).
+EMA_BN_MODES = ('recompute', 'copy', 'batch')
 # training.augment.augpipe_specs' names, repeated so that option parsing needs no torch
 # (tests/test_train_cli.py checks that the two lists agree).
 AUGPIPE_NAMES = ('blit', 'geom', 'color', 'filter', 'noise', 'cutout', 'bg', 'bgc', 'bgcf', 'bgcfn', 'bgcfnc')
@@ -154,6 +163,8 @@ class Flags:
     precision: str | None = None
     fake_reuse: bool | None = None
     diffaug: str | None = None
+    ema_bn: str | None = None
+    explicit: tuple | None = None   # names given by the caller; None = those that differ from the defaults
 
     def plugin_options(self):
         """The options that only kdgan_plugins.presets.cli_patch understands."""
@@ -455,6 +466,19 @@ def previous_transfer_options(resume_path):
     return {key: saved[key] for key in ('ada_kimg', 'ema_rampup') if key in saved}
 
 
+def with_recorded(flags):
+    """Precedence step 0: (flags with the options not given filled from the resumed run's
+    training_options.json, that RecordedRun), or (flags, None) when --resume names no train.py
+    run. Merging twice changes nothing, so train.py may call it before `resolve` does."""
+    from training import recorded_options
+    if flags.resume is None or flags.resume == 'noresume' or flags.resume in resume_specs:
+        return flags, None
+    recorded = recorded_options.load(flags.resume, flags.resume_mode)
+    if recorded is None:
+        return flags, None
+    return recorded_options.merge(flags, recorded), recorded
+
+
 # Steps of `resolve`, in its order.
 
 def _run_options(flags):
@@ -748,6 +772,18 @@ _NHWC_SETTINGS = (('G_kwargs.synthesis_kwargs.fp16_channels_last', True),
                   ('D_kwargs.block_kwargs.fp16_channels_last', True))
 
 
+def _apply_ema_bn(flags, args):
+    """--ema-bn beats the cfg's ema_bn; only cfgs that set one (their G has batch norm) take it."""
+    if flags.ema_bn is None:
+        return
+    if flags.ema_bn not in EMA_BN_MODES:
+        raise BadValue(f"must be one of {', '.join(EMA_BN_MODES)}", '--ema-bn')
+    if 'ema_bn' not in args:
+        raise Conflict(f'--ema-bn applies to cfgs that offer a choice of batch-norm statistics for G_ema '
+                       f'(fastgan, fastgan_lite); --cfg={flags.cfg} does not')
+    args.ema_bn = flags.ema_bn
+
+
 def _put(patch, where, value):
     """patch['a']['b']['c'] = value for where = 'a.b.c', making the levels on the way."""
     *parents, leaf = where.split('.')
@@ -890,6 +926,7 @@ def _report(flags, names, spec, args, choice, explicit, batch_note, resume):
 
 def resolve(flags):
     """The whole resolution, in the precedence order of the module docstring."""
+    flags, recorded = with_recorded(flags)
     _check_ranges(flags)
     flags = dataclasses.replace(flags, kimg=_whole(flags.kimg), tick=_whole(flags.tick))
     args = dnnlib.EasyDict()
@@ -922,6 +959,7 @@ def resolve(flags):
         args.ada_kimg = flags.ada_kimg  # Beats the resume default and upstream's 500.
     if flags.ema_rampup is not None:
         args.ema_rampup = spec.ramp  # Beats the resume default too.
+    _apply_ema_bn(flags, args)
     if flags.freezed:
         if flags.freezed < 0:
             raise BadValue('must be >= 0', '--freezed')
@@ -936,10 +974,18 @@ def resolve(flags):
     if flags.workers < 0:
         raise BadValue('must be >= 0', '--workers')
 
-    from training import preflight
+    from training import preflight, recorded_options
+    clash = recorded_options.conflict(flags, recorded, args) if recorded and resume and resume[0] else None
+    if clash is not None:
+        raise Conflict(f'--resume: {clash}')
     preflight.check_run(args, info, dry_run=flags.dry_run)
     report = _report(flags, names, spec, args, choice, explicit, batch_note, resume)
+    if recorded is not None:
+        report['recorded'] = dict(path=recorded.path, complete=recorded.complete,
+                                  text=recorded_options.restored_text(flags, recorded))
     summary = dict(data=flags.data, num_images=info.num_images, resolution=info.resolution,
                    labels=info.label_dim)
+    data = flags.data if shapes_lib.is_builtin(flags.data) else os.path.abspath(os.path.expanduser(flags.data))
+    summary['record'] = recorded_options.record(dataclasses.replace(flags, data=data))  # for training_options.json
     return Resolution(desc='-'.join([info.name] + tags), args=args, resolved=report, summary=summary,
                       cleanup=cleanup)

@@ -5,7 +5,8 @@ folder behind (which then is the "newest run" that a resume looks at). What
 can be known up front is checked here instead:
 
 - the networks build for this data set (resolution, channels, labels) with the
-  cfg's options: each one is constructed once on the CPU;
+  cfg's options: each one is constructed once, with its weights as meta tensors
+  (shapes, no storage) where that is cheaper than a real build (see _meta_pays);
 - a resume source holds tensors of the same shapes as these networks, read
   without unpickling where possible (the checkpoint, or the model file's
   header); a mismatch names a tensor and both shapes;
@@ -14,9 +15,11 @@ can be known up front is checked here instead:
 Errors are config.ConfigError subclasses, so train.py prints them as usage errors.
 """
 
+import functools
 import json
 import os
 import struct
+import sys
 
 import dnnlib
 
@@ -26,15 +29,68 @@ def _config():
     return config
 
 
-def build_networks(args, dims):
-    """G and D built from the resolved kwargs and the data set's dims, outside the caller's random stream."""
+_META_NUMEL = 4096   # Tensors this large (weights) are made as meta tensors; smaller ones stay real.
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_mode_class():
+    """A TorchFunctionMode under which the factories of large tensors make meta tensors (a shape and a
+    dtype, no storage) and moving a meta tensor to a device keeps it meta, so a constructor runs as
+    written without computing its weights. Small tensors (filters, constants) stay real: the ops a
+    constructor applies to them run faster on data than through meta kernels. Made on first use: this
+    module does not import torch up front."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+    factories = frozenset([torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn])
+    moves = frozenset([torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda])
+
+    def numel(args, kwargs):
+        size = kwargs.get('size', args[0] if args and isinstance(args[0], (tuple, list, torch.Size)) else args)
+        if not all(isinstance(n, int) for n in size):
+            return 0
+        total = 1
+        for n in size:
+            total *= n
+        return total
+
+    class MetaTensors(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func in factories and numel(args if func is not torch.full else args[:1], kwargs) >= _META_NUMEL:
+                kwargs['device'] = 'meta'
+            elif func in moves and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+                if func is not torch.Tensor.to:
+                    return args[0]
+                kwargs.pop('device', None)   # a dtype (given, or another tensor's) still applies
+                args = (args[0],) + tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in args[1:]
+                                          if not isinstance(a, (torch.device, str)))
+            return func(*args, **kwargs)
+
+    return MetaTensors
+
+
+def _construct(kwargs, dims, meta):
+    """One network, with meta weights when `meta`: then on the CPU when its class cannot be built that
+    way, and whenever the build fails, so that an error is the one a real build raises."""
+    if meta:
+        try:
+            with _meta_mode_class()():
+                return dnnlib.util.construct_class_by_name(**kwargs, **dims)
+        except Exception:   # whatever the meta build trips on, the real build below decides
+            pass
+    return dnnlib.util.construct_class_by_name(**kwargs, **dims)
+
+
+def build_networks(args, dims, meta=False):
+    """G and D built from the resolved kwargs and the data set's dims, outside the caller's random
+    stream. `meta`: the large weights as meta tensors (only names and shapes are checked)."""
     import torch
     nets = {}
     with torch.random.fork_rng(devices=[]):
         for key in ('G', 'D'):
             kwargs = args[f'{key}_kwargs']
             try:
-                nets[key] = dnnlib.util.construct_class_by_name(**kwargs, **dims)
+                nets[key] = _construct(kwargs, dims, meta)
             except (ValueError, AssertionError, TypeError, KeyError) as err:
                 raise _config().Conflict(
                     f'{kwargs.get("class_name")} cannot be built for this data set ({dims["img_resolution"]}x'
@@ -44,13 +100,21 @@ def build_networks(args, dims):
     return nets
 
 
+def _meta_pays():
+    """Meta weights need torch's compiler stack: with it loaded they build 3-8x faster than real ones,
+    but importing it costs a few CPU seconds, more than a real build of most networks. Any process that
+    builds an optimiser loads it; one that has not yet (a fresh train.py here, which a later start-up
+    check may still stop) builds for real."""
+    return 'torch._dynamo' in sys.modules
+
+
 def check_networks(args, info, dry_run=False):
     """Build G and D as the training loop will; returns them for check_resume. A dry run shows options
     that name classes not importable here (returning None) instead of failing on them."""
     dims = dict(c_dim=info.label_dim if args.training_set_kwargs.get('use_labels') else 0,
                 img_resolution=info.resolution, img_channels=info.channels)
     try:
-        return build_networks(args, dims)
+        return build_networks(args, dims, meta=_meta_pays())
     except (ImportError, AttributeError):
         if dry_run:
             return None
@@ -105,15 +169,15 @@ def _resume_shapes(args):
 
 def _check_exact_options(state, args, ckpt_path):
     """An exact resume continues the recorded run: the options both record must agree (the loop checks
-    all of them again; this names the ones known here before a run folder is made)."""
+    all of them again with checkpoint.check_options; this names the ones known here before a run folder
+    is made)."""
+    from training import checkpoint
     if args.get('resume_mode', 'auto') != 'auto':
         return
     try:
-        saved = json.loads(state.get('options_json', '{}'))
-    except ValueError:
+        differ = [key for key, _saved, _now in checkpoint.option_differences(state, args, shared_only=True)]
+    except ValueError:   # unreadable options_json: the loop's own check reports it
         return
-    differ = [key for key in sorted(set(saved) & set(args))
-              if saved[key] != json.loads(json.dumps(args[key], sort_keys=True, default=str))]
     if differ:
         raise _config().Conflict(f'--resume: {ckpt_path} continues exactly only with its own options, and these '
                                  f'differ: {", ".join(differ)}; use the same ones, or start from its networks '
@@ -125,6 +189,8 @@ def check_resume(args, nets, dry_run=False):
     insist on reading the source (the real run will)."""
     if not args.get('resume_pkl'):
         return
+    if dry_run and '://' in str(args.resume_pkl):
+        return   # a dry run downloads nothing (offline, a download retries for a minute before failing)
     try:
         saved, source = _resume_shapes(args)
     except _config().ConfigError:

@@ -64,7 +64,7 @@ def training_loop(
     run_dir='.', training_set_kwargs={}, data_loader_kwargs={}, metrics=[],
     G_kwargs={}, D_kwargs={}, loss_kwargs={}, G_opt_kwargs={}, D_opt_kwargs={},
     G_reg_interval=4, D_reg_interval=16, batch_size=4, batch_gpu=4, ema_kimg=10, ema_rampup=None,
-    num_D_steps=1, ema_start_kimg=0,
+    num_D_steps=1, ema_start_kimg=0, ema_bn='copy',
     augment_kwargs=None, ada_target=None, ada_kimg=500, ada_interval=4, augment_p=0,
     total_kimg=25000, kimg_per_tick=4, image_snapshot_ticks=50, network_snapshot_ticks=50, grid_max_cells=32,
     random_seed=0, num_gpus=1, rank=0, device=None, cudnn_benchmark=True, allow_tf32=False,
@@ -79,6 +79,10 @@ def training_loop(
     `batch_size` is the total over `num_gpus` processes, `batch_gpu` one accumulation
     round of one process. G_ema follows G with a half-life of `ema_kimg` (capped at
     `ema_rampup` times the images seen, when set); before `ema_start_kimg` G_ema is a copy of G.
+    `ema_bn` (config.EMA_BN_MODES; G with batch norm, e.g. FastGAN): which batch-norm statistics
+    G_ema's pictures, snapshots and metrics use: 'copy' G's running ones (the EMA copies G's
+    buffers), 'recompute' its own, re-estimated before each grid and snapshot, 'batch' those of
+    each generated batch (recorded in the network, so loaded snapshots do the same).
     `num_D_steps` > 1: each minibatch trains D only, and G's phases run after every
     `num_D_steps` of them (BigGAN's D steps per G step). Augmentation starts at `augment_p`;
     with `ada_target`, every `ada_interval` minibatches p moves towards keeping
@@ -134,6 +138,10 @@ class _Run:
         if rest != 0 or per_rank % cfg.batch_gpu != 0:
             raise ValueError('batch_size ({}) must be a multiple of num_gpus * batch_gpu ({} * {})'.format(
                 cfg.batch_size, cfg.num_gpus, cfg.batch_gpu))
+        from training.config import EMA_BN_MODES
+        if cfg.ema_bn not in EMA_BN_MODES:
+            raise ValueError('ema_bn must be one of {}, got {!r}'.format(', '.join(EMA_BN_MODES), cfg.ema_bn))
+        self.shown_ema = None                 # (cur_nimg, G_ema as pictures show it) with ema_bn='recompute'.
         if cfg.resume_mode not in ('auto', 'networks'):
             raise ValueError("resume_mode must be 'auto' or 'networks', got {!r}".format(cfg.resume_mode))
         self.distributed = (cfg.num_gpus > 1 and torch.distributed.is_available()
@@ -161,6 +169,7 @@ class _Run:
         self.stopper = self.guard = None
         self.last_snapshot = None             # The newest complete snapshot (or the resume source).
         self.snapshot_nimg = None             # cur_nimg when this run last wrote a snapshot.
+        self.grid_nimg = None                 # cur_nimg of this run's last fakes grid.
         self.progress = progress_meter.Progress(cfg.total_kimg, cfg.progress_sec, say=self.say)
 
     def say(self, *lines):
@@ -302,6 +311,10 @@ def _build_networks(run, state, resume, ckpt):
         net = dnnlib.util.construct_class_by_name(**kwargs, **dims)
         setattr(state, key, net.train().requires_grad_(False).to(run.device))
     state.G_ema = copy.deepcopy(state.G).eval()
+    if cfg.ema_bn != 'copy':
+        _check_ema_bn(cfg.ema_bn, state.G_ema)
+    if cfg.ema_bn == 'batch':
+        state.G_ema = state.G_ema.with_eval_bn('batch')   # Before any resume: tensors load into it.
     if resume is not None and not resume.exact:
         _resume_networks_only(run, state, resume)
     if ckpt is not None:
@@ -426,8 +439,8 @@ def _export_start_grids(run, state):
     z = torch.randn([labels.shape[0], state.G.z_dim], generator=stream).to(run.device).split(cfg.batch_gpu)
     c = torch.from_numpy(labels).to(run.device).split(cfg.batch_gpu)
     run.grid = (size, z, c)
-    save_image_grid(_grid_fakes(run, state.G_ema), os.path.join(cfg.run_dir, 'fakes_init.png'), drange=[-1, 1],
-                    grid_size=size)
+    save_image_grid(_grid_fakes(run, _shown_ema(run, state)), os.path.join(cfg.run_dir, 'fakes_init.png'),
+                    drange=[-1, 1], grid_size=size)
 
 
 def _open_logs(run):
@@ -487,11 +500,11 @@ def _train_minibatch(run, state):
 def _write_stop_snapshot(run, state):
     """The snapshot unit where the ranks agreed to stop, mid-tick: the tick keeps its number
     and start, so a resumed run ends it where an unstopped run would. No grid, metrics or
-    statistics line (a stop must be quick), but the divergence check comes first. A snapshot
-    this run wrote under the same name (names are whole kimg) is kept, not overwritten: its
-    metrics and pickle stay consistent, and it is less than 1 kimg behind."""
+    statistics line (a stop must be quick), but the divergence check comes first. Snapshot
+    names never collide (checkpoint.snapshot_stem), so the stop is saved even within the kimg
+    of the previous snapshot; only a snapshot of this very image count is not written twice."""
     _check_divergence(run, state, _collect_stats(run))
-    if run.snapshot_nimg is None or run.snapshot_nimg // 1000 != state.cur_nimg // 1000:
+    if run.snapshot_nimg != state.cur_nimg:
         _write_snapshot(run, state)
 
 
@@ -606,8 +619,9 @@ def _end_tick(run, state, done):
     table = _collect_stats(run)
     _check_divergence(run, state, table)
     if run.grid is not None and _due(cfg.image_snapshot_ticks, state.cur_tick, done):
-        path = os.path.join(cfg.run_dir, 'fakes{:06d}.png'.format(state.cur_nimg // 1000))
-        save_image_grid(_grid_fakes(run, state.G_ema), path, drange=[-1, 1], grid_size=run.grid[0])
+        path = os.path.join(cfg.run_dir, 'fakes{}.png'.format(ckpt_io.snapshot_stem(state.cur_nimg, run.grid_nimg)))
+        save_image_grid(_grid_fakes(run, _shown_ema(run, state)), path, drange=[-1, 1], grid_size=run.grid[0])
+        run.grid_nimg = state.cur_nimg
     snapshot_due = _due(cfg.network_snapshot_ticks, state.cur_tick, done)
     state.cur_tick += 1
     state.tick_start_nimg = state.cur_nimg
@@ -677,6 +691,37 @@ def _print_status(run, state, tick_end):
         print(text, flush=True)
 
 
+def _check_ema_bn(mode, G_ema):
+    """ema_bn other than 'copy' needs a G that can re-estimate or skip its batch-norm statistics."""
+    needs = dict(recompute='recompute_bn_stats', batch='with_eval_bn')[mode]
+    if not callable(getattr(G_ema, needs, None)):
+        raise ValueError("ema_bn='{}' needs a generator with {}(); {} has none (no batch norm?): use "
+                         "ema_bn='copy'".format(mode, needs, type(G_ema).__name__))
+
+
+def _shown_ema(run, state):
+    """G_ema as grids, snapshots and metrics see it. With ema_bn='recompute', a copy whose
+    batch-norm running statistics are its own (G.recompute_bn_stats: seeded, random streams
+    untouched), made once per image count; otherwise G_ema itself."""
+    if run.cfg.ema_bn != 'recompute':
+        return state.G_ema
+    if run.shown_ema is None or run.shown_ema[0] != state.cur_nimg:
+        run.shown_ema = None   # Free the previous copy first.
+        shown = copy.deepcopy(state.G_ema)
+        shown.recompute_bn_stats(c=_label_sample(run.training_set, state.G_ema.c_dim, run.device))
+        run.shown_ema = (state.cur_nimg, shown)
+    return run.shown_ema[1]
+
+
+def _label_sample(data, c_dim, device, num=1024):
+    """Labels of up to `num` evenly spaced training images [M, c_dim], the classes that
+    recompute_bn_stats draws from (None for an unconditional G)."""
+    if c_dim == 0:
+        return None
+    picks = np.linspace(0, len(data) - 1, num=min(num, len(data))).astype(np.int64)
+    return torch.from_numpy(np.stack([data.get_label(int(i)) for i in picks])).to(device)
+
+
 def _grid_fakes(run, G_ema):
     """G_ema's pictures of the grid latents with constant noise, leaving every random stream
     as it was. On the CPU, per-sample modulation (fused_modconv=False) gives the same
@@ -696,14 +741,14 @@ def _write_snapshot(run, state):
     cfg = run.cfg
     frozen = dict(training_set_kwargs=dict(cfg.training_set_kwargs))
     for key in ('G', 'D', 'G_ema', 'augment_pipe'):
-        net = getattr(state, key)
+        net = _shown_ema(run, state) if key == 'G_ema' else getattr(state, key)
         if net is not None:
             if run.distributed:
                 misc.check_ddp_consistency(net, ignore_regex=r'.*\.w_avg')
             net = copy.deepcopy(net).eval().requires_grad_(False).cpu()
         frozen[key] = net
     ranks = ckpt_io.gather_rank_states(state, run.device, cfg.num_gpus)   # A collective call.
-    path = os.path.join(cfg.run_dir, ckpt_io.snapshot_pkl_name(state.cur_nimg // 1000))
+    path = os.path.join(cfg.run_dir, ckpt_io.snapshot_pkl_name(state.cur_nimg, run.snapshot_nimg))
     if run.lead:
         _write_atomically(path, lambda f: pickle.dump(frozen, f))
         _write_model_file(run, path, frozen)
