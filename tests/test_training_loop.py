@@ -421,3 +421,22 @@ def test_progress_abort_and_metrics_hooks(shapes_path, tmp_path, monkeypatch):
     assert calls == [calc, ('report', 'fid_stand_in', 'network-snapshot-000000.pkl', run_dir),
                      calc, ('report', 'fid_stand_in', 'network-snapshot-000000_with024img.pkl', run_dir)]
     assert stats[-1]['Progress/kimg']['mean'] == pytest.approx(0.024)
+
+
+def test_loader_workers_never_exceed_the_usable_cores(shapes_path, monkeypatch):
+    """Upstream's default of 3 workers on a 2-core machine: 2 workers, the same batches, no torch warning."""
+    import warnings
+    monkeypatch.setattr(training_loop, '_usable_cores', lambda: 2)
+    cfg = E(training_set_kwargs=E(class_name='training.dataset.ImageFolderDataset', path=shapes_path, use_labels=False,
+                                  max_size=None, xflip=False, resolution=RES),
+            rank=0, num_gpus=1, random_seed=0, data_loader_kwargs=E(num_workers=3, pin_memory=False))
+    batches = {}
+    for workers in (3, 0):
+        cfg.data_loader_kwargs.num_workers = workers
+        run = E(cfg=cfg, batch_per_rank=4, say=lambda *lines: None)
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            training_loop._open_dataset(run, None)
+            batches[workers] = [next(run.batches)[0] for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(batches[3], batches[0]))

@@ -286,6 +286,14 @@ class _SkipAhead(torch.utils.data.Sampler):
         return itertools.islice(iter(self.base), self.skip, None)
 
 
+def _usable_cores():
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _open_dataset(run, ckpt):
     cfg = run.cfg
     run.say('Loading training set...')
@@ -294,8 +302,12 @@ def _open_dataset(run, ckpt):
     skip = ckpt_io.images_consumed(ckpt)
     if skip:
         order = _SkipAhead(order, skip)
+    loader_kwargs = dict(cfg.data_loader_kwargs)
+    # Upstream's 3 workers on a 2-core machine only add a process fighting for a core (and torch warns);
+    # batches and their order do not depend on the worker count.
+    loader_kwargs['num_workers'] = min(loader_kwargs.get('num_workers', 0), _usable_cores())
     loader = torch.utils.data.DataLoader(dataset=data, sampler=order, batch_size=run.batch_per_rank,
-                                         **cfg.data_loader_kwargs)
+                                         **loader_kwargs)
     run.training_set = data
     run.batches = iter(loader)   # Creating the iterator draws its base seed from the global torch stream.
     run.say('', 'Num images:  {}'.format(len(data)), 'Image shape: {}'.format(data.image_shape),
