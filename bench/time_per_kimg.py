@@ -18,7 +18,6 @@ load average is printed beside them.
 import json
 import os
 import sys
-import time
 
 import click
 
@@ -38,32 +37,18 @@ CASES = {
 DEFAULT_CASES = ('fastgan-ngf8', 'fastgan-ngf64', 'stylegan2-small')
 
 
-def time_iterations(setup, count):
-    """Per iteration: (wall seconds, CPU seconds), lazy-regularisation phases weighted 1/interval."""
-    out = []
-    for _ in range(count):
-        wall = cpu = 0.0
-        for phase in setup.phases:
-            w0, c0 = time.perf_counter(), time.process_time()
-            setup._run_phase(phase, bf16=False)
-            wall += (time.perf_counter() - w0) / phase.interval
-            cpu += (time.process_time() - c0) / phase.interval
-        w0, c0 = time.perf_counter(), time.process_time()
-        setup._update_ema()
-        out.append((wall + time.perf_counter() - w0, cpu + time.process_time() - c0))
-    return out
-
-
 def measure_case(name, res, batch, warmup, iters):
     flags, label = CASES[name]
     setup = bench_iteration.Setup(name, flags, f'builtin:shapes-{res}', batch, torch.device('cpu'),
                                   aug_p=0.2 if flags.get('aug') == 'ada' else None)
     setup.build(seed=0)
-    time_iterations(setup, warmup)
-    samples = time_iterations(setup, iters)
+    for _ in range(warmup):
+        setup.iteration(record=False)
+    for _ in range(iters):
+        setup.iteration()
+    timed = setup.summary()   # per iteration, lazy-regularisation phases amortised over their interval
     per_img = 1000 / setup.args.batch_size
-    wall = sum(s[0] for s in samples) / len(samples)
-    cpu = sum(s[1] for s in samples) / len(samples)
+    wall, cpu = timed['sec_per_iter'], timed['cpu_sec_per_iter']
     row = dict(case=name, label=label, res=res, batch=setup.args.batch_size, params=setup.params,
                warmup=warmup, iters=iters, cpu_sec_per_iter=cpu, wall_sec_per_iter=wall,
                cpu_sec_per_kimg=cpu * per_img, wall_sec_per_kimg=wall * per_img,

@@ -302,7 +302,12 @@ def option_differences(ckpt_state, options, shared_only=False):
     """[(name, checkpoint's value, value in `options`)] of the options that differ, as JSON values,
     sorted by name ('<absent>' where one side lacks it). `shared_only` compares only the names both
     hold: for a caller (train.py's preflight) that does not know every trajectory option yet."""
-    saved = json.loads(ckpt_state.get('options_json', '{}'))
+    return differing_options(json.loads(ckpt_state.get('options_json', '{}')), options, shared_only)
+
+
+def differing_options(saved, options, shared_only=False):
+    """option_differences for two options dicts (`saved` as recorded, `options` now)."""
+    saved = json.loads(options_json(saved))
     now = json.loads(options_json(options))
     names = set(saved) & set(now) if shared_only else set(saved) | set(now)
     return [(key, saved.get(key, '<absent>'), now.get(key, '<absent>')) for key in sorted(names)

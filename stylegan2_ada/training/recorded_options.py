@@ -154,10 +154,9 @@ def conflict(flags, recorded, args):
     given options that moved it, their recorded and given values, and the two ways on. Also None when
     none of the given options explains the difference (the exact-resume check then lists the keys)."""
     from training import checkpoint
-    keys = [key for key in checkpoint.TRAJECTORY_KEYS if key in recorded.options and key in args]
-    as_saved = [json.loads(checkpoint.options_json({key: source[key] for key in keys}))
-                for source in (args, recorded.options)]
-    if as_saved[0] == as_saved[1]:
+    trajectory = [{key: options[key] for key in checkpoint.TRAJECTORY_KEYS if key in options}
+                  for options in (recorded.options, args)]
+    if not checkpoint.differing_options(*trajectory, shared_only=True):
         return None
     given = set(flags.explicit or ())
     names = [field.name for field in dataclasses.fields(flags)
