@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# The Fashion-MNIST few-shot reproduction: BUDGET=cpu (about 2 hours on 2 cores) or gpu.
+# The Fashion-MNIST few-shot reproduction: BUDGET=cpu (at most about 2 hours on 2 cores), cpu-ablation
+# (KD-DLGAN's Table 4 on the proxy, about 1.5 hours) or gpu; then the memorise/ideal reference FIDs.
 BUDGET ?= cpu
 # Test processes: one per core is fastest here (each test process runs one thread).
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
@@ -37,6 +38,7 @@ faults: $(STAMP)
 
 reproduce-fmnist: $(STAMP)
 	$(PY) bench/compare.py --outdir=runs/fmnist-$(BUDGET) --budget=$(BUDGET)
+	$(PY) -m bench.fmnist.reference --outdir=runs/fmnist-$(BUDGET)
 
 demo: $(STAMP)
 	DEMO_PYTHON=$(abspath $(PY)) bash scripts/demo.sh

@@ -74,6 +74,15 @@ evaluator, bench/fmnist/evaluator.py), tried on two images before anything
 runs; `--metric-module=MOD` imports a module that registers further metrics
 with `metric_main.register_metric`.
 
+Parallel runs: `--jobs=N` trains N (method, seed) runs at once, taken in grid
+order as workers free up; each train.py child gets OMP_NUM_THREADS and
+MKL_NUM_THREADS = max(1, usable cores // N) (an OMP_NUM_THREADS already set
+wins). With small networks one process per core at one thread outruns one
+process with all the threads. Evaluation stays in this process, one run at a
+time; results, resuming and the outdir are the same as with --jobs=1 (the
+default: one run after the other). A --budget preset may set `jobs` like its
+other keys; --jobs on the command line wins.
+
 Preflight, before the first run: every method's flags (train.py --dry-run)
 and every file its loss needs (the VGG16 of FastGAN's --recon=lpips, the KD
 teacher's weights), looked for as train.py will (--detector-dir is passed to
@@ -148,13 +157,15 @@ def _list_methods(ctx, param, value):
               metavar='SEL:FLAGS')
 @click.option('--device', help='Where to train and evaluate [default: auto = cuda when available]',
               type=click.Choice(['auto', 'cpu', 'cuda']))
+@click.option('--jobs', help='Runs that train at the same time, each train.py with OMP/MKL_NUM_THREADS = usable '
+              'cores // JOBS unless OMP_NUM_THREADS is set [default: 1]', type=click.IntRange(min=1), metavar='INT')
 @click.option('--budget', help='A preset from bench/compare_methods.py BUDGETS: cpu or gpu (the Fashion-MNIST '
               'reproduction); explicit options win',
               metavar='NAME')
 @click.option('--list-methods', help='Print the method table and exit', is_flag=True, expose_value=False,
               is_eager=True, callback=_list_methods)
 def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick, metric, better, detector_dir,
-         detector, metric_module, skip_start, extra, extra_for, device, budget):
+         detector, metric_module, skip_start, extra, extra_for, device, jobs, budget):
     """Train several methods side by side with train.py, evaluate every snapshot with one metric, and
     write results.json, results.md and plots of the metric against kimg and wall-clock.
 
@@ -173,13 +184,16 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
     """
     given = dict(data=data, eval_data=eval_data, methods=list(methods_text) or None, seeds=seeds, kimg=kimg,
                  minutes=minutes, snap=snap, tick=tick, metric=metric, detector_dir=detector_dir, detector=detector,
-                 extra=list(extra) or None, extra_for=list(extra_for) or None, device=device, skip_start=skip_start)
+                 extra=list(extra) or None, extra_for=list(extra_for) or None, device=device, skip_start=skip_start,
+                 jobs=jobs)
     if budget is not None:
         for key, value in resolve_budget(budget, os.path.abspath(os.path.expanduser(outdir)), set(given)).items():
             if given[key] is None:
                 given[key] = value
     if given['data'] is None:
         raise click.UsageError("Missing option '--data'")
+    if given['jobs'] is not None and (not isinstance(given['jobs'], int) or given['jobs'] < 1):
+        raise CompareError('jobs: expected a whole number >= 1 (runs training at once); got {!r}'.format(given['jobs']))
     if given['kimg'] is None and given['minutes'] is None:
         raise click.UsageError('give a budget per run: --kimg and/or --minutes')
     if metric_module:
@@ -211,7 +225,7 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
                  kimg=given['kimg'], minutes=given['minutes'], snap=given['snap'] or 10, tick=given['tick'],
                  metric=given['metric'] or 'fid5k_full', better=better, detector_dir=detector_dir,
                  extra=extra_flags, device=given['device'] or 'auto', budget=budget,
-                 skip_start=bool(given['skip_start']))
+                 skip_start=bool(given['skip_start']), jobs=given['jobs'] or 1)
     command = ' '.join(shlex.quote(a) for a in ['python', os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
                        + sys.argv[1:])
     previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -288,12 +288,12 @@ def test_prepare_writes_the_datasets_and_reuses_the_networks(tmp_path, evaluator
     train_meta, train_imgs = _read_zip(values["fmnist_train"])
     _, test_imgs = _read_zip(values["fmnist_test"])
     assert len(train_imgs) == 100 and len(test_imgs) == 10000
-    assert {img.shape[:2] for img in list(train_imgs.values())[:5] + list(test_imgs.values())[:5]} == {(64, 64)}
+    assert {img.shape[:2] for img in list(train_imgs.values())[:5] + list(test_imgs.values())[:5]} == {(prepare.RESOLUTION, prepare.RESOLUTION)}
     labels = [label for _, label in train_meta["labels"]]
     assert sorted(np.bincount(labels).tolist()) == [10] * 10
     with open(tmp_path / "data" / "prepare.json", encoding="utf-8") as f:
         record = json.load(f)
-    assert record["evaluator_test_accuracy"] == ev_meta["test_accuracy"] and record["resolution"] == 64
+    assert record["evaluator_test_accuracy"] == ev_meta["test_accuracy"] and record["resolution"] == prepare.RESOLUTION == 32
     # A second call reuses both zips untouched.
     stamps = {p: os.stat(values[p]).st_mtime_ns for p in ("fmnist_train", "fmnist_test")}
     lines.clear()

@@ -14,10 +14,7 @@ class Evaluator:
         import torch
         self.np, self.torch = np, torch
         self.cfg = cfg
-        device = cfg.device
-        if device == 'auto':
-            device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        self.device = torch.device(device)
+        self.device = resolve_device(cfg.device)
         self._dataset_kwargs = {}
 
     def dataset_kwargs(self, G, pkl_kwargs):
@@ -30,21 +27,35 @@ class Evaluator:
         return copy.deepcopy(self._dataset_kwargs[key])
 
     def __call__(self, pkl):
-        import legacy
         from metrics import metric_main, metric_utils
-        with open(pkl, 'rb') as f:
-            data = legacy.load_network_pkl(f)
-        G = data['G_ema'] if data.get('G_ema') is not None else data['G']
+        G, data = load_generator(pkl, self.device)
         kwargs = self.dataset_kwargs(G, data.get('training_set_kwargs'))
         self.torch.manual_seed(0)
         self.np.random.seed(0)
-        G = copy.deepcopy(G).eval().requires_grad_(False).to(self.device)
         result = metric_main.calc_metric(metric=self.cfg.metric, G=G, dataset_kwargs=kwargs, num_gpus=1, rank=0,
                                          device=self.device, progress=metric_utils.ProgressMonitor(verbose=False),
                                          detector_dir=self.cfg.detector_dir)
         with contextlib.redirect_stdout(io.StringIO()):
             metric_main.report_metric(result, run_dir=os.path.dirname(pkl), snapshot_pkl=pkl)
         return result
+
+
+def resolve_device(name):
+    """--device's value as a torch device: 'auto' is the GPU when there is one."""
+    import torch
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(name)
+
+
+def load_generator(pkl, device):
+    """A snapshot's generator as every reading of it uses it: G_ema (G when the pickle has none), a frozen
+    copy in eval mode on `device`; also the pickle's entries (training_set_kwargs for the metrics)."""
+    import legacy
+    with open(pkl, 'rb') as f:
+        data = legacy.load_network_pkl(f)
+    G = data['G_ema'] if data.get('G_ema') is not None else data['G']
+    return copy.deepcopy(G).eval().requires_grad_(False).to(device), data
 
 
 def evaluated(cfg, snaps):

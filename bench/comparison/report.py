@@ -1,8 +1,8 @@
 """Pictures of the results: metric curves (kimg, wall-clock) and one sample row per method."""
-import copy
 import math
 import os
 
+from bench.comparison.evaluation import load_generator
 from bench.comparison.grid import safe_name
 
 
@@ -140,7 +140,6 @@ def _image_row(G, count):
 def draw_samples(cfg, summary, path, count=SAMPLES_PER_METHOD):
     """One row per method: images of the final snapshot of its first finished seed (G_ema), the same
     latents in every row, so the methods can be compared by eye. Returns the rows' descriptions."""
-    import legacy
     from PIL import Image, ImageDraw
     rows = []
     for method in cfg.methods:
@@ -149,10 +148,7 @@ def draw_samples(cfg, summary, path, count=SAMPLES_PER_METHOD):
             continue
         snap = run['snapshots'][-1]
         pkl = os.path.join(cfg.run_dir(method, run['seed'], 'snapshots'), snap['name'])
-        with open(pkl, 'rb') as f:
-            data = legacy.load_network_pkl(f)
-        G = data['G_ema'] if data.get('G_ema') is not None else data['G']
-        G = copy.deepcopy(G).eval().requires_grad_(False).cpu()
+        G, _ = load_generator(pkl, 'cpu')
         rows.append((dict(method=method, seed=run['seed'], kimg=snap['kimg'], snapshot=os.path.relpath(pkl, cfg.outdir)),
                      _image_row(G, count)))
     if not rows:

@@ -5,10 +5,13 @@ import math
 import os
 import platform
 
+from bench import compare_methods
 from bench.comparison.common import write_json_atomic, write_text_atomic
+from bench.comparison.confidence import SAMPLES as CONFIDENCE_SAMPLES, attach_confidence
 from bench.comparison.evaluation import evaluated, higher_is_better, primary_key
 from bench.comparison.grid import run_key
 from bench.comparison.report import SAMPLES_FILE, draw_plots, draw_samples
+from bench.comparison.stats import DIFFERS, kd_tests
 
 
 def mean_std(values):
@@ -47,7 +50,7 @@ def summarize(cfg, state, metric_key):
                 last = snaps[-1]
                 for what, snap in (('best', best), ('final', last)):
                     run[what] = dict(value=snap['value'], tick=snap['tick'], kimg=snap['kimg'],
-                                     seconds=snap['seconds'], results=snap['results'])
+                                     seconds=snap['seconds'], results=snap['results'], snapshot=snap['name'])
             runs.append(run)
     methods = {}
     for method in cfg.methods:
@@ -139,8 +142,23 @@ def budget_text(cfg):
     return text
 
 
-def write_outputs(cfg, state, metric_key, detector_files, command):
+def add_confidence_means(summary):
+    """Per method: mean and std over seeds of the confidence shares of the best and final snapshots."""
+    for method, entry in summary['methods'].items():
+        done = [r for r in summary['runs'] if r['method'] == method and 'confidence' in r.get('final', {})]
+        entry['confidence'] = {}
+        for what in ('best', 'final'):
+            values = [r[what]['confidence'] for r in done]
+            entry['confidence'][what] = dict(zip(('mean', 'std'), mean_std(values)), values=values)
+
+
+def write_outputs(cfg, state, metric_key, detector_files, command, confidence_samples=CONFIDENCE_SAMPLES):
+    """results.json, results.md, plots and samples from the state; the confidence shares of runs that
+    have none cached yet are computed here (bench/comparison/confidence.py)."""
     summary = summarize(cfg, state, metric_key)
+    confidence = attach_confidence(cfg, summary, detector_files, confidence_samples)
+    if confidence['applies']:
+        add_confidence_means(summary)
     plots = draw_plots(cfg, summary)
     sample_rows = draw_samples(cfg, summary, os.path.join(cfg.outdir, SAMPLES_FILE))
     results = dict(
@@ -152,10 +170,81 @@ def write_outputs(cfg, state, metric_key, detector_files, command):
                     extra=cfg.extra, device=cfg.device, budget=cfg.budget, methods=cfg.methods,
                     skip_start=cfg.skip_start),
         runs=summary['runs'], methods=summary['methods'], table='results.md', plots=plots,
-        samples=dict(file=SAMPLES_FILE, rows=sample_rows) if sample_rows else None)
+        samples=dict(file=SAMPLES_FILE, rows=sample_rows) if sample_rows else None, confidence=confidence,
+        kd_tests=kd_tests(summary['methods'], compare_methods.KD_BASELINES, summary['higher_is_better']))
     write_json_atomic(os.path.join(cfg.outdir, 'results.json'), results)
     write_text_atomic(os.path.join(cfg.outdir, 'results.md'), markdown(cfg, results))
     return results
+
+
+def fmt_share(stats):
+    """A share (0..1) as a percentage, with its std over seeds when there is one."""
+    if stats.get('mean') is None:
+        return '–'
+    if stats.get('std') is None:
+        return '{:.1f} %'.format(100 * stats['mean'])
+    return '{:.1f} ± {:.1f} %'.format(100 * stats['mean'], 100 * stats['std'])
+
+
+def method_table(results, metric, secondary):
+    """The per-method table: best and final metric (and its secondary results), confidence shares
+    when the detector is a classifier, kimg and training time."""
+    conf = results.get('confidence') or {}
+    shares = bool(conf.get('applies'))
+    conf_head = ' Best conf ≥ {t:g} | Final conf ≥ {t:g} |'.format(t=conf['threshold']) if shares else ''
+    lines = ['| Method | Seeds | Best {m} | Final {m} |{sec}{conf} Final kimg | Training time (s) |'.format(
+        m=metric, sec=''.join(' {} at best | Final {} |'.format(k, k) for k in secondary), conf=conf_head),
+        '|---|---|---|---|' + '---|---|' * (len(secondary) + shares) + '---|---|']
+    for method, summary in results['methods'].items():
+        cells = [method, summary['n'], fmt_mean_std(summary['best']), fmt_mean_std(summary['final'])]
+        for key in secondary:
+            stats = summary['secondary'].get(key)
+            cells += [fmt_mean_std(stats['best']), fmt_mean_std(stats['final'])] if stats else ['–', '–']
+        if shares:
+            cells += [fmt_share(summary['confidence']['best']), fmt_share(summary['confidence']['final'])]
+        cells += [fmt(summary['final_kimg']), fmt(summary['final_seconds'])]
+        lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+    return lines
+
+
+def confidence_note(results):
+    conf = results.get('confidence')
+    if not conf:
+        return []
+    if not conf['applies']:
+        return ['Confidence share (samples the evaluator classifies with confidence ≥ {:g}): not computed, '
+                '{}.'.format(conf['threshold'], conf['reason']), '']
+    return ['Conf ≥ {t:g}: the share of {n} generated images (G_ema, z from seed {s}, the same for every run) whose '
+            'top softmax probability under the detector\'s logits is ≥ {t:g}, at the best and the final '
+            'snapshot; mean ± std over seeds.'.format(t=conf['threshold'], n=conf['samples'], s=conf['latent_seed']),
+            '']
+
+
+def kd_section(results, metric):
+    """'KD against its baseline': Welch's test per KD row, final and best values."""
+    tests = results.get('kd_tests') or []
+    if not tests:
+        return []
+    better = 'higher' if results['config']['higher_is_better'] else 'lower'
+    lines = ['## KD against its baseline', '',
+             "Welch's t-test (two-sided, unequal variances) on the per-seed values, KD row minus baseline "
+             "({} is better); the interval is the 95 % confidence interval of the difference of the means. "
+             "'Within seed noise' means p ≥ 0.05: no difference shown, not that there is none.".format(better), '',
+             '| KD row | Baseline | Compared | Seeds | Mean difference [95 % CI] | t | df | p | Verdict |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for test in tests:
+        for what in ('final', 'best'):
+            r = test[what]
+            diff = fmt(r['diff'])
+            if r['ci']:
+                diff += ' [{}, {}]'.format(fmt(r['ci'][0]), fmt(r['ci'][1]))
+            verdict = r['verdict']
+            if r['verdict'] == DIFFERS:
+                verdict += ' (KD {})'.format('better' if r['kd_better'] else 'worse')
+            numbers = ['–' if r[k] is None else '{:.3g}'.format(r[k]) for k in ('t', 'df', 'p')]
+            lines.append('| ' + ' | '.join([test['method'], test['baseline'], '{} {}'.format(what, metric),
+                                            '{} vs {}'.format(r['n_a'], r['n_b']), diff] + numbers + [verdict]) + ' |')
+    return lines + ['']
 
 
 def markdown(cfg, results):
@@ -176,37 +265,39 @@ def markdown(cfg, results):
                  ', '.join('{} ({}, md5 {})'.format(k, os.path.basename(os.path.realpath(v['path'])), v['md5'][:12])
                            for k, v in results['config']['detectors'].items()) or 'none'),
              '- Extra train.py flags: {}'.format(' '.join(cfg.extra) or 'none'),
-             '- Command: `{}`'.format(results['command']), '',
-             '| Method | Seeds | Best {m} | Final {m} |{sec} Final kimg | Training time (s) |'.format(
-                 m=metric, sec=''.join(' {} at best | Final {} |'.format(k, k) for k in secondary)),
-             '|---|---|---|---|' + '---|---|' * len(secondary) + '---|---|']
-    for method, summary in results['methods'].items():
-        cells = [method, summary['n'], fmt_mean_std(summary['best']), fmt_mean_std(summary['final'])]
-        for key in secondary:
-            stats = summary['secondary'].get(key)
-            cells += [fmt_mean_std(stats['best']), fmt_mean_std(stats['final'])] if stats else ['–', '–']
-        cells += [fmt(summary['final_kimg']), fmt(summary['final_seconds'])]
-        lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+             '- Command: `{}`'.format(results['command']), '']
+    lines += method_table(results, metric, secondary)
     lines += ['', 'Best: the best snapshot of each run by {}; final: its last snapshot (at the budget){}. Mean ± '
               'sample standard deviation over seeds (no ± with one seed). Training time: train.py\'s '
               'Timing/total_sec at the final snapshot, mean over seeds.'.format(
                   metric, '; ' + ', '.join(secondary) + ' are taken at those same snapshots' if secondary else ''),
               '']
+    lines += confidence_note(results)
     for plot in results['plots']:
         lines.append('![{}]({})'.format(plot['title'], plot['file']))
     if results.get('samples'):
         lines += ['', 'Samples of the final snapshot of each method\'s first seed (the same latents in every row):',
                   '', '![samples]({})'.format(results['samples']['file'])]
-    lines += ['', '## Runs', '', '| Method | Seed | Status | Snapshots | Best (kimg) | Final (kimg) | Folder |',
-              '|---|---|---|---|---|---|---|']
-    for run in results['runs']:
-        best = run.get('best')
-        final = run.get('final')
-        lines.append('| {} | {} | {} | {} | {} | {} | {} |'.format(
-            run['method'], run['seed'], run['status'], len(run['snapshots']),
-            '{} ({})'.format(fmt(best['value']), fmt(best['kimg'])) if best else '–',
-            '{} ({})'.format(fmt(final['value']), fmt(final['kimg'])) if final else '–', run['run_dir']))
+    lines += [''] + kd_section(results, metric)
+    lines += runs_table(results)
     lines += ['', 'Flags per method (train.py\'s resolved options: `methods/<name>.dry-run.txt`):', '']
     for method, flags in cfg.methods.items():
         lines.append('- `{}`: `{}`'.format(method, ' '.join(flags)))
     return '\n'.join(lines) + '\n'
+
+
+def runs_table(results):
+    shares = bool((results.get('confidence') or {}).get('applies'))
+    lines = ['## Runs', '', '| Method | Seed | Status | Snapshots | Best (kimg) | Final (kimg) |{} Folder |'.format(
+        ' Conf best / final |' if shares else ''), '|---|---|---|---|---|---|' + '---|' * shares + '---|']
+    for run in results['runs']:
+        best = run.get('best')
+        final = run.get('final')
+        cells = [run['method'], run['seed'], run['status'], len(run['snapshots']),
+                 '{} ({})'.format(fmt(best['value']), fmt(best['kimg'])) if best else '–',
+                 '{} ({})'.format(fmt(final['value']), fmt(final['kimg'])) if final else '–']
+        if shares:
+            cells.append('{} / {}'.format(fmt_share(dict(mean=best.get('confidence'))),
+                                          fmt_share(dict(mean=final.get('confidence')))) if final else '–')
+        lines.append('| ' + ' | '.join(str(c) for c in cells + [run['run_dir']]) + ' |')
+    return lines

@@ -72,12 +72,23 @@ def run_spec(cfg, method, seed):
 
 def _child_env(cfg=None):
     """train.py's environment: unbuffered, and --detector-dir searched first (as $KDGAN_DETECTOR_DIR), so
-    the runs find the files the preflight found."""
+    the runs find the files the preflight found. With --jobs=N > 1, each of the N children gets its share of
+    the cores as its thread count (small networks gain more from one process per core than from threads);
+    an OMP_NUM_THREADS the user set wins."""
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     folders = getattr(cfg, 'detector_dir', None)
     if folders:
         env['KDGAN_DETECTOR_DIR'] = os.pathsep.join(p for p in (folders, env.get('KDGAN_DETECTOR_DIR')) if p)
+    jobs = getattr(cfg, 'jobs', 1) or 1
+    if jobs > 1 and 'OMP_NUM_THREADS' not in os.environ:
+        env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(child_threads(jobs))
     return env
+
+
+def child_threads(jobs):
+    """Threads per train.py child when `jobs` of them run at once: the usable cores shared out, at least one."""
+    from training.training_loop import _usable_cores
+    return max(1, _usable_cores() // jobs)
 
 
 def dry_run(cfg, method):
@@ -214,10 +225,13 @@ class _Watch:
             return True
         return False
 
-    def follow(self, cfg, snap_dir, logf):
-        """Poll until the child has exited and its output is read (or 10 s after it exited)."""
+    def follow(self, cfg, snap_dir, logf, stop=None):
+        """Poll until the child has exited and its output is read (or 10 s after it exited). `stop`: an
+        event another thread sets to end the comparison (signals reach only the main thread)."""
         try:
             while True:
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt('stopped with the comparison')
                 exited = self.proc.poll() is not None
                 if exited and self.exited_at is None:
                     self.exited_at = time.time()
@@ -244,8 +258,9 @@ def _start_child(cfg, method, seed, resume, logf, label):
     return proc
 
 
-def train_run(cfg, method, seed, label, log):
-    """Train (or continue) one run until its budget; returns its snapshot list and final index."""
+def train_run(cfg, method, seed, label, log, stop=None):
+    """Train (or continue) one run until its budget; returns its snapshot list and final index.
+    `stop` (a threading.Event) set: the child is stopped and KeyboardInterrupt raised, as on Ctrl-C."""
     train_dir = cfg.run_dir(method, seed, 'train')
     snap_dir = cfg.run_dir(method, seed, 'snapshots')
     os.makedirs(train_dir, exist_ok=True)
@@ -261,7 +276,7 @@ def train_run(cfg, method, seed, label, log):
     with open(log, 'a', encoding='utf-8') as logf:
         proc = _start_child(cfg, method, seed, latest_checkpoint(segments), logf, label)
         watch = _Watch(proc, train_dir, {seg.id for seg in segments}, segments, label)
-        watch.follow(cfg, snap_dir, logf)
+        watch.follow(cfg, snap_dir, logf, stop)
     if watch.find_session() is not None:
         collect(watch.current, snap_dir, cfg.snap)
         for tick in watch.current.lost_ticks:
