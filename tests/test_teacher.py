@@ -132,6 +132,16 @@ def test_weights_and_config_round_trip_all_checkpoint_formats(tiny, tmp_path):
         assert loaded.embed_dim == 32
 
 
+def test_start_up_line_names_the_custom_config_not_the_default_spec(tiny):
+    """With --teacher-config the spec's model name (ViT-B-32 by default) is not what gets built: the log
+    line a comparison prints names the config file."""
+    from kdgan_plugins.losses import kd
+    cfg, _teacher, weights = tiny
+    line = kd.check_teacher_assets(dict(weights=weights, config=cfg))
+    assert line == 'teacher {}: {}'.format(cfg, weights)
+    assert 'ViT-B-32' not in line
+
+
 def test_config_in_open_clip_config_json_form(tiny, tmp_path):
     cfg, teacher, weights = tiny
     hub_style = tmp_path / 'open_clip_config.json'

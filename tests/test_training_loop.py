@@ -426,7 +426,7 @@ def test_progress_abort_and_metrics_hooks(shapes_path, tmp_path, monkeypatch):
 def test_loader_workers_never_exceed_the_usable_cores(shapes_path, monkeypatch):
     """Upstream's default of 3 workers on a 2-core machine: 2 workers, the same batches, no torch warning."""
     import warnings
-    monkeypatch.setattr(training_loop, '_usable_cores', lambda: 2)
+    monkeypatch.setattr(training_loop, 'usable_cores', lambda: 2)
     cfg = E(training_set_kwargs=E(class_name='training.dataset.ImageFolderDataset', path=shapes_path, use_labels=False,
                                   max_size=None, xflip=False, resolution=RES),
             rank=0, num_gpus=1, random_seed=0, data_loader_kwargs=E(num_workers=3, pin_memory=False))

@@ -16,6 +16,16 @@ class Evaluator:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self._dataset_kwargs = {}
+        self._warm = False
+
+    def _metric(self, G, dataset_kwargs):
+        """The metric of G with the latents and labels of seed 0, as every snapshot gets them."""
+        from metrics import metric_main, metric_utils
+        self.torch.manual_seed(0)
+        self.np.random.seed(0)
+        return metric_main.calc_metric(metric=self.cfg.metric, G=G, dataset_kwargs=dataset_kwargs, num_gpus=1, rank=0,
+                                       device=self.device, progress=metric_utils.ProgressMonitor(verbose=False),
+                                       detector_dir=self.cfg.detector_dir)
 
     def dataset_kwargs(self, G, pkl_kwargs):
         key = (G.img_resolution, G.c_dim)
@@ -27,14 +37,16 @@ class Evaluator:
         return copy.deepcopy(self._dataset_kwargs[key])
 
     def __call__(self, pkl):
-        from metrics import metric_main, metric_utils
+        from metrics import metric_main
         G, data = load_generator(pkl, self.device)
         kwargs = self.dataset_kwargs(G, data.get('training_set_kwargs'))
-        self.torch.manual_seed(0)
-        self.np.random.seed(0)
-        result = metric_main.calc_metric(metric=self.cfg.metric, G=G, dataset_kwargs=kwargs, num_gpus=1, rank=0,
-                                         device=self.device, progress=metric_utils.ProgressMonitor(verbose=False),
-                                         detector_dir=self.cfg.detector_dir)
+        if not self._warm:
+            # Computing the real images' statistics (no cache yet) draws from torch's generator, which
+            # would shift this snapshot's latents against every later one (they read the cache); one
+            # throw-away evaluation per process fills the cache, so every value is drawn the same way.
+            self._metric(G, kwargs)
+            self._warm = True
+        result = self._metric(G, kwargs)
         with contextlib.redirect_stdout(io.StringIO()):
             metric_main.report_metric(result, run_dir=os.path.dirname(pkl), snapshot_pkl=pkl)
         return result

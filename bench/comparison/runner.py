@@ -87,8 +87,8 @@ def _child_env(cfg=None):
 
 def child_threads(jobs):
     """Threads per train.py child when `jobs` of them run at once: the usable cores shared out, at least one."""
-    from training.training_loop import _usable_cores
-    return max(1, _usable_cores() // jobs)
+    from training.training_loop import usable_cores
+    return max(1, usable_cores() // jobs)
 
 
 def dry_run(cfg, method):

@@ -216,6 +216,8 @@ def check_teacher_assets(teacher_kwargs, detector_dir=None, quick=True):
                                                 teacher_dir=kwargs.get('teacher_dir'),
                                                 detector_dir=kwargs.get('detector_dir') or detector_dir,
                                                 quick=quick)
+    if kwargs.get('config'):     # a custom architecture: the spec's model name is not what gets built
+        return f'teacher {kwargs["config"]}: {path}'
     return f'teacher {spec}: {path}'
 
 

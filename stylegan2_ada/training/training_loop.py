@@ -286,7 +286,7 @@ class _SkipAhead(torch.utils.data.Sampler):
         return itertools.islice(iter(self.base), self.skip, None)
 
 
-def _usable_cores():
+def usable_cores():
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -305,7 +305,7 @@ def _open_dataset(run, ckpt):
     loader_kwargs = dict(cfg.data_loader_kwargs)
     # Upstream's 3 workers on a 2-core machine only add a process fighting for a core (and torch warns);
     # batches and their order do not depend on the worker count.
-    loader_kwargs['num_workers'] = min(loader_kwargs.get('num_workers', 0), _usable_cores())
+    loader_kwargs['num_workers'] = min(loader_kwargs.get('num_workers', 0), usable_cores())
     loader = torch.utils.data.DataLoader(dataset=data, sampler=order, batch_size=run.batch_per_rank,
                                          **loader_kwargs)
     run.training_set = data
