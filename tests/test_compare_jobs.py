@@ -62,11 +62,11 @@ def _killed_while_both_train(args, env):
     return proc.returncode, ''.join(lines), threads
 
 
-@pytest.fixture(scope='module')
-def jobs_runs(tmp_path_factory):
+@pytest.fixture
+def jobs_runs(tmp_path):
     """--jobs=1 first (its first evaluation fills the cache of real-image statistics), then --jobs=2
     killed and resumed, with no OMP_NUM_THREADS of the user's: the runner sets it per child."""
-    base = tmp_path_factory.mktemp('jobs')
+    base = tmp_path
     det_dir = str(base / 'detectors')
     os.makedirs(det_dir)
     torch.jit.script(TinyDetector().eval()).save(os.path.join(det_dir, 'inception-2015-12-05.pt'))
@@ -101,7 +101,7 @@ def _g_ema(results, outdir, run, snap):
         return legacy.load_network_pkl(f)['G_ema'].state_dict()
 
 
-def test_two_jobs_give_the_results_of_one(jobs_runs):
+def _check_two_jobs_give_the_results_of_one(jobs_runs):
     serial, parallel = jobs_runs['serial'], jobs_runs['parallel']
     assert _snapshots(serial) == [(METHOD, s, 'finished', [(0, 0.004), (1, 0.036), (2, 0.064)]) for s in (0, 1)]
     assert _snapshots(parallel) == _snapshots(serial)
@@ -117,7 +117,7 @@ def test_two_jobs_give_the_results_of_one(jobs_runs):
     assert len({s['value'] for r in parallel['runs'] for s in r['snapshots']}) == 6
 
 
-def test_two_jobs_train_at_the_same_time(jobs_runs):
+def _check_two_jobs_train_at_the_same_time(jobs_runs):
     """Both runs start before either is done; every line of a run names it."""
     text = jobs_runs['first'] + jobs_runs['again']
     assert '[compare] run 1/2 {} seed 0: start'.format(METHOD) in jobs_runs['first']
@@ -127,7 +127,7 @@ def test_two_jobs_train_at_the_same_time(jobs_runs):
             assert re.match(r'\s*\[{} seed [01]\]'.format(re.escape(METHOD)), line), line
 
 
-def test_children_get_their_share_of_the_cores(jobs_runs, monkeypatch):
+def _check_children_get_their_share_of_the_cores(jobs_runs, monkeypatch):
     threads = jobs_runs['threads']
     assert len(threads) == 2
     assert set(threads.values()) == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
@@ -141,7 +141,7 @@ def test_children_get_their_share_of_the_cores(jobs_runs, monkeypatch):
     assert 'OMP_NUM_THREADS' not in runner._child_env(Config(outdir='/tmp/x', detector_dir=None, jobs=1))
 
 
-def test_a_killed_parallel_comparison_resumes(jobs_runs):
+def _check_a_killed_parallel_comparison_resumes(jobs_runs):
     assert jobs_runs['rc'] == 130, jobs_runs['first'][-3000:]
     for pid in jobs_runs['threads']:
         with pytest.raises(ProcessLookupError):    # both children stopped with the runner
@@ -152,6 +152,15 @@ def test_a_killed_parallel_comparison_resumes(jobs_runs):
     starts = sorted(re.findall(r'\[compare\] \S+ seed (\d): training (\S+)', jobs_runs['again']))
     assert [int(s) for s, _ in starts] == unfinished
     assert 'resumed' in {how for _, how in starts}   # the run that logged tick 1 continues from its checkpoint
+
+
+def test_parallel_comparison(jobs_runs, monkeypatch):
+    """One test over the module's three comparisons: under pytest-xdist each test may land on another
+    worker, and every worker would build the fixture again (three comparisons each)."""
+    _check_two_jobs_give_the_results_of_one(jobs_runs)
+    _check_two_jobs_train_at_the_same_time(jobs_runs)
+    _check_children_get_their_share_of_the_cores(jobs_runs, monkeypatch)
+    _check_a_killed_parallel_comparison_resumes(jobs_runs)
 
 
 def test_a_budget_preset_may_set_jobs(monkeypatch, tmp_path):
