@@ -167,3 +167,24 @@ def train_run(outdir, *args, timeout=600):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (run,) = os.listdir(outdir)
     return os.path.join(outdir, run)
+
+
+def sigterm_when(args, cwd, env, stop_here, timeout=120):
+    """Run `args`, hand each output line to `stop_here(line)` and send SIGTERM the first time it returns
+    True (then read the rest). Returns (exit code, the whole output, whether SIGTERM was sent)."""
+    import signal
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, sent = [], False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if stop_here(line):
+                proc.send_signal(signal.SIGTERM)
+                sent = True
+                break
+        lines.append(proc.communicate(timeout=timeout)[0])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, ''.join(lines), sent

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -25,7 +24,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench import compare  # noqa: E402
-from helpers import torch_threads  # noqa: E402
+from helpers import sigterm_when, torch_threads  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.*deprecated:FutureWarning')
 
@@ -89,24 +88,16 @@ def grid(tmp_path_factory):
     args = compare_args(outdir, det_dir)
 
     # 1. Start; interrupt as soon as the second run has trained its first tick.
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first, child_pid, killed = [], None, False
-    try:
-        for line in proc.stdout:
-            first.append(line)
-            m = re.search(r'stylegan2\+noaug seed 0: training .*\(train\.py pid (\d+)\)', line)
-            if m:
-                child_pid = int(m.group(1))
-            if re.search(r'\[stylegan2\+noaug seed 0\] tick 1 ', line):
-                proc.send_signal(signal.SIGTERM)
-                killed = True
-                break
-        first.append(proc.communicate(timeout=120)[0])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    first = ''.join(first)
+    child = []
+
+    def second_run_ticked(line):
+        m = re.search(r'stylegan2\+noaug seed 0: training .*\(train\.py pid (\d+)\)', line)
+        if m:
+            child.append(int(m.group(1)))
+        return re.search(r'\[stylegan2\+noaug seed 0\] tick 1 ', line) is not None
+
+    first_rc, first, killed = sigterm_when(args, ROOT, env, second_run_ticked)
+    child_pid = child[-1] if child else None
     assert killed, 'the second run never reached tick 1:\n' + first[-3000:]
     with open(os.path.join(outdir, 'state.json'), encoding='utf-8') as f:
         state_after_kill = json.load(f)
@@ -117,7 +108,7 @@ def grid(tmp_path_factory):
                             timeout=600, check=False)
     with open(os.path.join(outdir, 'results.json'), encoding='utf-8') as f:
         results = json.load(f)
-    return dict(base=base, outdir=outdir, det_dir=det_dir, env=env, first=first, first_rc=proc.returncode,
+    return dict(base=base, outdir=outdir, det_dir=det_dir, env=env, first=first, first_rc=first_rc,
                 child_pid=child_pid, state_after_kill=state_after_kill, run1_tree=run1_tree, second=second,
                 results=results)
 

@@ -7,12 +7,12 @@ OMP_NUM_THREADS, and SIGTERM stops both children."""
 import json
 import os
 import re
-import signal
 import subprocess
 
 import pytest
 import torch
 
+from helpers import sigterm_when
 from test_compare import ROOT, TinyDetector, compare_args
 
 from bench.comparison import runner
@@ -42,24 +42,17 @@ def _child_environ(pid):
 def _killed_while_both_train(args, env):
     """Start a --jobs=2 comparison, read both children's environments, SIGTERM it once one has
     logged a tick. Returns (exit code, output, {pid: OMP_NUM_THREADS})."""
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, threads = [], {}
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            m = re.search(r'seed [01]: training .*\(train\.py pid (\d+)\)', line)
-            if m:
-                pid = int(m.group(1))
-                threads[pid] = _child_environ(pid).get('OMP_NUM_THREADS')
-            if len(threads) == 2 and re.search(r'\] tick 1 ', line):
-                proc.send_signal(signal.SIGTERM)
-                break
-        lines.append(proc.communicate(timeout=120)[0])
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, ''.join(lines), threads
+    threads = {}
+
+    def both_started_one_ticked(line):
+        m = re.search(r'seed [01]: training .*\(train\.py pid (\d+)\)', line)
+        if m:
+            pid = int(m.group(1))
+            threads[pid] = _child_environ(pid).get('OMP_NUM_THREADS')
+        return len(threads) == 2 and re.search(r'\] tick 1 ', line) is not None
+
+    rc, text, _ = sigterm_when(args, ROOT, env, both_started_one_ticked)
+    return rc, text, threads
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def test_welch_at_table_critical_values_gives_p_005(n, t_crit, df):
     """Equal sizes and spreads make Welch's df 2(n-1); at the table's two-sided 5 % critical t the p value
     is 0.05 and the 95 % interval of the difference just touches 0."""
     base = [float(i) for i in range(n)]
-    se = math.sqrt(2 * stats._mean_var(base)[1] / n)
+    se = math.sqrt(2 * stats.mean_std(base)[1] ** 2 / n)
     result = stats.welch(shifted(base, t_crit * se), base)
     assert result['df'] == pytest.approx(df, rel=1e-12)
     assert result['t'] == pytest.approx(t_crit, rel=1e-12)

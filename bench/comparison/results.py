@@ -1,7 +1,6 @@
 """From evaluations to results: per-run best/final values, mean and std per method, results.json/.md."""
 import contextlib
 import datetime
-import math
 import os
 import platform
 
@@ -11,18 +10,7 @@ from bench.comparison.confidence import SAMPLES as CONFIDENCE_SAMPLES, attach_co
 from bench.comparison.evaluation import evaluated, higher_is_better, primary_key
 from bench.comparison.grid import run_key
 from bench.comparison.report import SAMPLES_FILE, draw_plots, draw_samples
-from bench.comparison.stats import DIFFERS, kd_tests
-
-
-def mean_std(values):
-    values = [float(v) for v in values]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var)
+from bench.comparison.stats import DIFFERS, kd_tests, mean_std
 
 
 def summarize(cfg, state, metric_key):

@@ -15,10 +15,15 @@ NO_SPREAD = 'no spread between seeds: not testable'
 NOT_FINITE = 'a value is not finite: not testable'
 
 
-def _mean_var(values):
-    n = len(values)
-    mean = sum(values) / n
-    return mean, sum((v - mean) ** 2 for v in values) / (n - 1)
+def mean_std(values):
+    """Mean and sample standard deviation (n - 1); std None for one value, both None for none."""
+    values = [float(v) for v in values]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def welch(a, b):
@@ -37,9 +42,7 @@ def welch(a, b):
     if not all(math.isfinite(v) for v in a + b):   # a diverged run: its FID is NaN or inf
         out['verdict'] = NOT_FINITE
         return out
-    _, var_a = _mean_var(a)
-    _, var_b = _mean_var(b)
-    sq_a, sq_b = var_a / len(a), var_b / len(b)      # squared standard errors of the two means
+    sq_a, sq_b = (mean_std(v)[1] ** 2 / len(v) for v in (a, b))   # squared standard errors of the two means
     se2 = sq_a + sq_b
     if se2 == 0:
         out['verdict'] = NO_SPREAD
