@@ -352,6 +352,37 @@ def test_history_lets_a_resumed_session_supersede_the_ticks_it_redid(tmp_path):
     assert compare.final_index(snaps, kimg=1.0, minutes=None) is None
 
 
+def test_a_minutes_stop_comes_at_the_budget_snapshot_not_the_next_one(tmp_path):
+    """train.py writes a snapshot's checkpoint a moment before that tick's stats line; the runner
+    must count it as the budget snapshot's checkpoint (it once waited for the next snapshot's,
+    a whole --snap interval of wasted training per run)."""
+    import types
+    from bench.comparison import runner
+    seg_dir = tmp_path / 'train' / '00000-run'
+    snap_dir = tmp_path / 'snapshots'
+    os.makedirs(seg_dir)
+    os.makedirs(snap_dir)
+    base = 1.7e9
+    with open(seg_dir / 'stats.jsonl', 'w') as f:
+        for tick in range(3):     # snapshot every tick; 100 s of training per tick
+            stamp = base + 100 * tick
+            for suffix, lead in (('.pkl', 0.2), ('.ckpt.pt', 0.07)):
+                path = seg_dir / 'network-snapshot-{:06d}{}'.format(tick, suffix)
+                path.write_bytes(b'x')
+                os.utime(path, (stamp - lead, stamp - lead))
+            f.write(json.dumps({'Progress/tick': {'mean': tick}, 'Progress/kimg': {'mean': float(tick)},
+                                'Timing/total_sec': {'mean': 100.0 * tick}, 'timestamp': stamp}) + '\n')
+    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], stdout=subprocess.PIPE, text=True)
+    try:
+        watch = runner._Watch(proc, str(tmp_path / 'train'), set(), [], 'test')
+        assert watch.find_session() is not None
+        cfg = types.SimpleNamespace(snap=1, kimg=None, minutes=150 / 60)    # budget snapshot: tick 2
+        assert watch.keep_and_maybe_stop(cfg, str(snap_dir), exited=False)
+        assert proc.poll() is not None and watch.stopped_by_us
+    finally:
+        runner.stop_process(proc, grace=1)
+
+
 def test_parse_seeds_from_a_preset_list():
     assert compare.parse_seeds([0, 1, 2]) == [0, 1, 2]
 

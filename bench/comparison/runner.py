@@ -136,8 +136,9 @@ def _pump(stream, lines):
 
 
 def checkpoint_since(seg, timestamp):
-    """True when `seg` holds a checkpoint written after `timestamp` (train.py writes it after the
-    stats line of its snapshot's tick)."""
+    """True when `seg` holds a checkpoint written after `timestamp`. train.py writes a snapshot's
+    checkpoint during its tick's maintenance, a moment *before* that tick's stats line: pass the
+    timestamp of the tick before the snapshot's (0 for a session's first tick)."""
     for name in os.listdir(seg.path):
         if name.endswith('.ckpt.pt'):
             with contextlib.suppress(FileNotFoundError):
@@ -180,7 +181,7 @@ class _Watch:
         self.current = None          # the session folder this child writes, once it exists
         self.eof = False
         self.exited_at = None
-        self.stop_at = None          # (timestamp of the final snapshot's tick, deadline for its checkpoint)
+        self.stop_at = None          # (stats time of the tick before the final snapshot's, deadline for its checkpoint)
         self.stopped_by_us = False
 
     def drain(self, logf, exited):
@@ -216,8 +217,8 @@ class _Watch:
         snaps = history(self.segments)
         final = final_index(snaps, cfg.kimg, cfg.minutes)
         if final is not None and not exited and self.stop_at is None:
-            stamp = next(t.timestamp for t in self.current.ticks if t.tick == snaps[final]['tick'])
-            self.stop_at = (stamp, time.time() + CKPT_WAIT_SECONDS)
+            earlier = [t.timestamp for t in self.current.ticks if t.tick < snaps[final]['tick']]
+            self.stop_at = (max(earlier, default=0.0), time.time() + CKPT_WAIT_SECONDS)
         if self.stop_at is not None and not exited and (checkpoint_since(self.current, self.stop_at[0])
                                                         or time.time() > self.stop_at[1]):
             self.stopped_by_us = True
