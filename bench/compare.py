@@ -159,13 +159,15 @@ def _list_methods(ctx, param, value):
               type=click.Choice(['auto', 'cpu', 'cuda']))
 @click.option('--jobs', help='Runs that train at the same time, each train.py with OMP/MKL_NUM_THREADS = usable '
               'cores // JOBS unless OMP_NUM_THREADS is set [default: 1]', type=click.IntRange(min=1), metavar='INT')
+@click.option('--reuse', help='Another comparison outdir whose finished runs of the same method, seed, settings '
+              'and data are taken instead of trained again (may be repeated)', multiple=True, metavar='DIR')
 @click.option('--budget', help='A preset from bench/compare_methods.py BUDGETS: cpu or gpu (the Fashion-MNIST '
               'reproduction); explicit options win',
               metavar='NAME')
 @click.option('--list-methods', help='Print the method table and exit', is_flag=True, expose_value=False,
               is_eager=True, callback=_list_methods)
 def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick, metric, better, detector_dir,
-         detector, metric_module, skip_start, extra, extra_for, device, jobs, budget):
+         detector, metric_module, skip_start, extra, extra_for, device, jobs, reuse, budget):
     """Train several methods side by side with train.py, evaluate every snapshot with one metric, and
     write results.json, results.md and plots of the metric against kimg and wall-clock.
 
@@ -185,7 +187,7 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
     given = dict(data=data, eval_data=eval_data, methods=list(methods_text) or None, seeds=seeds, kimg=kimg,
                  minutes=minutes, snap=snap, tick=tick, metric=metric, detector_dir=detector_dir, detector=detector,
                  extra=list(extra) or None, extra_for=list(extra_for) or None, device=device, skip_start=skip_start,
-                 jobs=jobs)
+                 jobs=jobs, reuse=list(reuse) or None)
     if budget is not None:
         for key, value in resolve_budget(budget, os.path.abspath(os.path.expanduser(outdir)), set(given)).items():
             if given[key] is None:
@@ -225,7 +227,8 @@ def main(outdir, data, eval_data, methods_text, seeds, kimg, minutes, snap, tick
                  kimg=given['kimg'], minutes=given['minutes'], snap=given['snap'] or 10, tick=given['tick'],
                  metric=given['metric'] or 'fid5k_full', better=better, detector_dir=detector_dir,
                  extra=extra_flags, device=given['device'] or 'auto', budget=budget,
-                 skip_start=bool(given['skip_start']), jobs=given['jobs'] or 1)
+                 skip_start=bool(given['skip_start']), jobs=given['jobs'] or 1,
+                 reuse=[os.path.abspath(os.path.expanduser(d)) for d in given['reuse'] or []])
     command = ' '.join(shlex.quote(a) for a in ['python', os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)]
                        + sys.argv[1:])
     previous = signal.signal(signal.SIGTERM, _interrupt)

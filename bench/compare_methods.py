@@ -41,7 +41,8 @@ DEFAULT_GRID = ['stylegan2+ada', 'stylegan2+diffaug', 'fastgan+diffaug', 'fastga
 #   data, eval_data, methods (list of names), seeds (list of ints), kimg, minutes,
 #   snap, tick, metric, detector_dir, detector, extra (list of train.py flags),
 #   extra_for ({selector flag: [train.py flags]}: added to the methods that carry
-#   the selector), device, skip_start, and prepare: ('module:function', kwargs), called as
+#   the selector), device, skip_start, jobs, reuse (list of other outdirs whose
+#   matching finished runs are taken, not retrained; '{outdir}' is this one), and prepare: ('module:function', kwargs), called as
 #   function(outdir, **kwargs) first; it returns the values of the `{name}`
 #   placeholders used in the other entries.
 #
@@ -61,7 +62,9 @@ DEFAULT_GRID = ['stylegan2+ada', 'stylegan2+diffaug', 'fastgan+diffaug', 'fastga
 # ngf = ndf = 8 and lr 5e-4: per CPU second it lowered the FID fastest of the
 # pilots (ngf 8 at lr 2e-4 / 5e-4: 480 / 409 at 8 kimg; ngf 16 at 2e-4: 469).
 # 'cpu-ablation' is KD-DLGAN's supplement Table 4 on the same settings: FastGAN
-# with DiffAugment, + AGKD, + CGKD, + both.
+# with DiffAugment, + AGKD, + CGKD, + both. Its first and last rows are the main
+# grid's FastGAN rows on the same settings: where `make reproduce-fmnist` has already
+# trained them (runs/fmnist-cpu beside this outdir), they are taken, not retrained.
 
 _FMNIST = dict(
     prepare=('bench.fmnist.prepare:prepare', {}),
@@ -79,7 +82,8 @@ _CPU = dict(_FMNIST, kimg=30, minutes=13, tick=1, snap=6, jobs=2, skip_start=Tru
 
 BUDGETS = {
     'cpu': _CPU,
-    'cpu-ablation': dict(_CPU, methods=['fastgan+diffaug', 'fastgan+agkd', 'fastgan+cgkd', 'fastgan+kdgan']),
+    'cpu-ablation': dict(_CPU, methods=['fastgan+diffaug', 'fastgan+agkd', 'fastgan+cgkd', 'fastgan+kdgan'],
+                         reuse=['{outdir}/../fmnist-cpu']),
     # Meant for 20 minutes on one H100/H200 (not yet measured: no device was lent so far).
     'gpu': dict(_FMNIST, kimg=20, tick=1, snap=5, skip_start=True, device='cuda',
                 extra=['--mirror=1', '--batch=32'],

@@ -152,6 +152,7 @@ def resolve_budget(name, outdir, known_keys):
     `prepare` = (module:function, kwargs): called as function(outdir, **kwargs) before anything
     else, it makes what the preset points at (data, detector, teacher) and returns the
     placeholder values; the preset's strings may then say e.g. '{fmnist_train}'.
+    '{outdir}' (the comparison's own folder) is always defined.
     """
     if name not in compare_methods.BUDGETS:
         raise CompareError('--budget: no preset {!r}; defined: {}'.format(
@@ -161,7 +162,7 @@ def resolve_budget(name, outdir, known_keys):
     unknown = set(preset) - set(known_keys)
     if unknown:
         raise CompareError('budget preset {} has unknown keys: {}'.format(name, ', '.join(sorted(unknown))))
-    values = {}
+    values = dict(outdir=outdir)
     if hook is not None:
         import importlib
         target, kwargs = hook
@@ -169,7 +170,7 @@ def resolve_budget(name, outdir, known_keys):
         say('[compare] budget {}: preparing data and networks ({})'.format(name, target))
         os.makedirs(outdir, exist_ok=True)
         try:
-            values = getattr(importlib.import_module(module), func)(outdir, **dict(kwargs))
+            values.update(getattr(importlib.import_module(module), func)(outdir, **dict(kwargs)))
         except (OSError, ValueError) as err:
             raise CompareError('budget {}: {}'.format(name, err))
     return _substitute(preset, values)

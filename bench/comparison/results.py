@@ -32,7 +32,7 @@ def summarize(cfg, state, metric_key):
             run = dict(method=method, seed=seed, status=entry.get('status', 'pending'),
                        run_dir=os.path.relpath(cfg.run_dir(method, seed), cfg.outdir),
                        sessions=entry.get('sessions', []), train_command=entry.get('train_command'),
-                       snapshots=snaps, error=entry.get('error'))
+                       snapshots=snaps, error=entry.get('error'), reused_from=entry.get('reused_from'))
             if done:
                 best = pick(snaps, key=lambda s: s['value'])
                 last = snaps[-1]
@@ -287,5 +287,6 @@ def runs_table(results):
         if shares:
             cells.append('{} / {}'.format(fmt_share(dict(mean=best.get('confidence'))),
                                           fmt_share(dict(mean=final.get('confidence')))) if final else '–')
-        lines.append('| ' + ' | '.join(str(c) for c in cells + [run['run_dir']]) + ' |')
+        folder = run['run_dir'] + (' (trained in {})'.format(run['reused_from']) if run.get('reused_from') else '')
+        lines.append('| ' + ' | '.join(str(c) for c in cells + [folder]) + ' |')
     return lines

@@ -9,6 +9,7 @@ from bench.comparison.common import CompareError, RunFailed, say
 from bench.comparison.evaluation import Evaluator, evaluated, metric_identity, primary_value
 from bench.comparison.grid import run_key
 from bench.comparison.results import fmt, write_outputs
+from bench.comparison.reuse import adopt_runs
 from bench.comparison.runner import (State, check_method_files, dry_run, outdir_lock, run_spec, train_command,
                                      train_run)
 from bench.comparison.snapshots import list_segments
@@ -192,6 +193,7 @@ def _compare_locked(cfg, command):
     state = State(os.path.join(cfg.outdir, 'state.json'))
     metric_key, detector_files = metric_identity(cfg)
     grid = [(m, s) for m in cfg.methods for s in cfg.seeds]
+    adopt_runs(cfg, state, grid, getattr(cfg, 'reuse', None) or [], metric_key)
     _check_settings(cfg, state, grid)
 
     sh = _Shared(cfg, command, state, metric_key, detector_files, grid)
