@@ -349,41 +349,72 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
          channels_last, order, versus, count_flops, seed, verbose, json_path):
     """Seconds per training iteration of FastGAN vs StyleGAN2 (paper256), or vs FastGAN's previous
     settings, at the same batch and resolution, and their ratio (other / FastGAN)."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device == 'cuda' and not torch.cuda.is_available():
-        raise click.UsageError('--device=cuda, but no CUDA device is available')
-    dev = torch.device(device)
+    dev = _pick_device(device)
     if order == 'auto':
         order = 'sequential' if dev.type == 'cuda' else 'interleave'
-    if recon == 'lpips':
-        # LPIPS needs NVIDIA's vgg16.pt through the metrics' resolver: say so now, not mid-build.
-        from kdgan_plugins.losses import fastgan_loss
-        try:
-            train_cli.check_loss_assets(dict(class_name='kdgan_plugins.losses.fastgan_loss.FastGANLoss',
-                                             terms=fastgan_loss.default_terms('lpips')))
-        except click.ClickException as err:
-            raise click.ClickException(f'--recon=lpips is not available here ({err.message}); use --recon=mse')
-
+    _check_recon(recon)
     # As the training loop sets them.
     torch.backends.cudnn.benchmark = True
     conv2d_gradfix.enabled = True
     grid_sample_gradfix.enabled = True
 
     info = machine_info(dev)
-    data = f'builtin:shapes-{res}'
+    setups = _setups(versus, f'builtin:shapes-{res}', batch, dev, recon=recon, ngf=ngf, ndf=ndf,
+                     sg2_cfg=sg2_cfg, sg2_aug=sg2_aug, sg2_p=sg2_p, cbase=cbase, cmax=cmax)
+    _print_header(info, dev, res, batch, warmup, iters, order, bf16, channels_last)
+    variant = dict(bf16=bf16, channels_last=channels_last, count_flops=count_flops, seed=seed, verbose=verbose)
+    (_time_sequential if order == 'sequential' else _time_interleaved)(setups, warmup, iters, variant)
+
+    info['load_avg_after'] = [round(x, 2) for x in os.getloadavg()]
+    fg, sg = setups[0].result, setups[1].result
+    ratio = sg['sec_per_iter'] / fg['sec_per_iter']
+    ratio_cpu = sg['cpu_sec_per_iter'] / fg['cpu_sec_per_iter']
+    _print_results(fg, sg, ratio, ratio_cpu, f'StyleGAN2 {sg2_cfg}' if versus == 'stylegan2'
+                   else 'FastGAN previous settings', info)
+    if json_path:
+        record = dict(bench='bench_iteration', **info, res=res, batch=batch, warmup=warmup, iters=iters, order=order,
+                      bf16=bf16, channels_last=channels_last, versus=versus, fastgan=fg, ratio=ratio,
+                      ratio_cpu=ratio_cpu)
+        record['stylegan2' if versus == 'stylegan2' else 'previous'] = sg
+        with open(json_path, 'a', encoding='utf-8') as f:
+            f.write(json.dumps(record) + '\n')
+        print(f'Appended to {json_path}')
+
+
+def _pick_device(device):
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise click.UsageError('--device=cuda, but no CUDA device is available')
+    return torch.device(device)
+
+
+def _check_recon(recon):
+    """LPIPS needs NVIDIA's vgg16.pt through the metrics' resolver: say so now, not mid-build."""
+    if recon != 'lpips':
+        return
+    from kdgan_plugins.losses import fastgan_loss
+    try:
+        train_cli.check_loss_assets(dict(class_name='kdgan_plugins.losses.fastgan_loss.FastGANLoss',
+                                         terms=fastgan_loss.default_terms('lpips')))
+    except click.ClickException as err:
+        raise click.ClickException(f'--recon=lpips is not available here ({err.message}); use --recon=mse')
+
+
+def _setups(versus, data, batch, dev, recon, ngf, ndf, sg2_cfg, sg2_aug, sg2_p, cbase, cmax):
+    """[FastGAN under today's defaults, the setup it is timed against]."""
     fg_flags = dict(cfg='fastgan', aug='diffaug', recon=recon)
     fg_flags.update({k: v for k, v in dict(ngf=ngf, ndf=ndf).items() if v is not None})
+    fastgan = Setup('fastgan', fg_flags, data, batch, dev)
     if versus == 'previous':
-        setups = [Setup('fastgan', fg_flags, data, batch, dev),
-                  Setup('previous', dict(fg_flags, precision='fp32', fake_reuse=False), data, batch, dev,
-                        overrides={'D_kwargs.decoder_widths': 'fixed'})]
-    else:
-        sg_flags = dict(cfg=sg2_cfg, aug=sg2_aug)
-        sg_flags.update({k: v for k, v in dict(cbase=cbase, cmax=cmax).items() if v is not None})
-        setups = [Setup('fastgan', fg_flags, data, batch, dev),
-                  Setup('stylegan2', sg_flags, data, batch, dev, aug_p=(sg2_p if sg2_aug == 'ada' else None))]
+        return [fastgan, Setup('previous', dict(fg_flags, precision='fp32', fake_reuse=False), data, batch, dev,
+                               overrides={'D_kwargs.decoder_widths': 'fixed'})]
+    sg_flags = dict(cfg=sg2_cfg, aug=sg2_aug)
+    sg_flags.update({k: v for k, v in dict(cbase=cbase, cmax=cmax).items() if v is not None})
+    return [fastgan, Setup('stylegan2', sg_flags, data, batch, dev, aug_p=(sg2_p if sg2_aug == 'ada' else None))]
 
+
+def _print_header(info, dev, res, batch, warmup, iters, order, bf16, channels_last):
     print(f'Machine: {info["cpu"]}, {info["cores"]} cores' + (f', GPU {info["gpu"]}' if 'gpu' in info else ''))
     print(f'Date: {info["date"]}; torch {info["torch"]} ({info["torch_threads"]} threads, '
           f'OMP_NUM_THREADS={info["omp_num_threads"]}); load average {info["load_avg_1_5_15"]}')
@@ -394,53 +425,59 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
               'applied here on the CPU as asked, where they are not expected to help.')
     print(f'Variant: bf16 autocast {"on" if bf16 else "off"}, channels_last {"on" if channels_last else "off"}')
 
-    def build(s):
-        s.build(channels_last=channels_last, seed=seed)
-        print(s.describe())
-        print(f'    params G {s.params["G"]:,}, D {s.params["D"]:,}; phases '
-              + ', '.join(f'{p.name} (every {p.interval})' for p in s.phases)
-              + f'; precision {getattr(s.loss, "precision", "fp32")}')
-        if count_flops:
-            print(f'    {s.count_flops(bf16=bf16):.2f} GFLOP per iteration', flush=True)
 
-    def measure(s, n, record):
-        try:
-            for _ in range(n):
-                s.iteration(bf16=bf16, record=record, verbose=verbose)
-        except Exception as err:
-            traceback.print_exc()
-            variant = ', '.join(v for v, on in (('--bf16', bf16), ('--channels-last', channels_last)) if on)
-            raise click.ClickException(f'{s.name} ({s.desc}) failed' + (f' with {variant}' if variant else '')
-                                       + f': {type(err).__name__}: {err}') from err
+def _build(s, variant):
+    s.build(channels_last=variant['channels_last'], seed=variant['seed'])
+    print(s.describe())
+    print(f'    params G {s.params["G"]:,}, D {s.params["D"]:,}; phases '
+          + ', '.join(f'{p.name} (every {p.interval})' for p in s.phases)
+          + f'; precision {getattr(s.loss, "precision", "fp32")}')
+    if variant['count_flops']:
+        print(f'    {s.count_flops(bf16=variant["bf16"]):.2f} GFLOP per iteration', flush=True)
 
-    if order == 'sequential':
-        for s in setups:
-            build(s)
-            measure(s, warmup, False)
-            if dev.type == 'cuda':
-                torch.cuda.reset_peak_memory_stats(dev)
-            measure(s, iters, True)
-            if dev.type == 'cuda':
-                s.peak_mem_gb = torch.cuda.max_memory_allocated(dev) / 2**30
-            result = s.summary()
-            s.free()
-            s.result = result
-    else:
-        for s in setups:
-            build(s)
-        for s in setups:
-            measure(s, warmup, False)
-        for _ in range(iters):
-            for s in setups:
-                measure(s, 1, True)
-        for s in setups:
-            s.result = s.summary()
 
-    info['load_avg_after'] = [round(x, 2) for x in os.getloadavg()]
-    fg, sg = setups[0].result, setups[1].result
-    ratio = sg['sec_per_iter'] / fg['sec_per_iter']
-    ratio_cpu = sg['cpu_sec_per_iter'] / fg['cpu_sec_per_iter']
-    other = f'StyleGAN2 {sg2_cfg}' if versus == 'stylegan2' else 'FastGAN previous settings' 
+def _measure(s, n, record, variant):
+    """`n` iterations of setup `s`; a failure names the setup and the variant that broke it."""
+    try:
+        for _ in range(n):
+            s.iteration(bf16=variant['bf16'], record=record, verbose=variant['verbose'])
+    except Exception as err:
+        traceback.print_exc()
+        flags = ', '.join(f for f, on in (('--bf16', variant['bf16']),
+                                          ('--channels-last', variant['channels_last'])) if on)
+        raise click.ClickException(f'{s.name} ({s.desc}) failed' + (f' with {flags}' if flags else '')
+                                   + f': {type(err).__name__}: {err}') from err
+
+
+def _time_sequential(setups, warmup, iters, variant):
+    """One setup after the other, each freed before the next is built (GPU memory, peak memory per setup)."""
+    for s in setups:
+        _build(s, variant)
+        _measure(s, warmup, False, variant)
+        cuda = s.device.type == 'cuda'
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(s.device)
+        _measure(s, iters, True, variant)
+        if cuda:
+            s.peak_mem_gb = torch.cuda.max_memory_allocated(s.device) / 2**30
+        s.result = s.summary()
+        s.free()
+
+
+def _time_interleaved(setups, warmup, iters, variant):
+    """One timed iteration of each setup in turn, so that a shared CPU's load drifts over both alike."""
+    for s in setups:
+        _build(s, variant)
+    for s in setups:
+        _measure(s, warmup, False, variant)
+    for _ in range(iters):
+        for s in setups:
+            _measure(s, 1, True, variant)
+    for s in setups:
+        s.result = s.summary()
+
+
+def _print_results(fg, sg, ratio, ratio_cpu, other, info):
     print()
     for r in (fg, sg):
         mem = f', peak memory {r["peak_mem_gb"]:.2f} GB' if r['peak_mem_gb'] is not None else ''
@@ -453,15 +490,6 @@ def main(res, batch, device, warmup, iters, recon, sg2_aug, sg2_p, sg2_cfg, cbas
     print(f'ratio CPU  {ratio_cpu:.4f}  ({other} / FastGAN, process CPU seconds per iteration: the measure to '
           f'quote on a shared CPU at {torch.get_num_threads()} thread(s))')
     print(f'Load average after: {info["load_avg_after"]}')
-
-    if json_path:
-        record = dict(bench='bench_iteration', **info, res=res, batch=batch, warmup=warmup, iters=iters, order=order,
-                      bf16=bf16, channels_last=channels_last, versus=versus, fastgan=fg, ratio=ratio,
-                      ratio_cpu=ratio_cpu)
-        record['stylegan2' if versus == 'stylegan2' else 'previous'] = sg
-        with open(json_path, 'a', encoding='utf-8') as f:
-            f.write(json.dumps(record) + '\n')
-        print(f'Appended to {json_path}')
 
 
 if __name__ == '__main__':
