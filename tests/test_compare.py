@@ -372,7 +372,9 @@ def test_a_minutes_stop_comes_at_the_budget_snapshot_not_the_next_one(tmp_path):
                 os.utime(path, (stamp - lead, stamp - lead))
             f.write(json.dumps({'Progress/tick': {'mean': tick}, 'Progress/kimg': {'mean': float(tick)},
                                 'Timing/total_sec': {'mean': 100.0 * tick}, 'timestamp': stamp}) + '\n')
-    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], stdout=subprocess.PIPE, text=True)
+    # SIGINT back to its default as the runner does for train.py (a CI started with nohup ignores it).
+    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=runner._child_signals)
     try:
         watch = runner._Watch(proc, str(tmp_path / 'train'), set(), [], 'test')
         assert watch.find_session() is not None
