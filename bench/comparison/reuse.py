@@ -15,9 +15,7 @@ import shutil
 
 from bench.comparison.common import CompareError, say
 from bench.comparison.grid import run_key
-from bench.comparison.runner import run_spec
-
-_OUTDIR = '<outdir>'
+from bench.comparison.runner import OUTDIR_MARK as _OUTDIR, run_spec
 
 
 def _link_or_copy(src, dst):

@@ -63,10 +63,13 @@ def train_command(cfg, method, seed, resume=None):
     return cmd
 
 
+OUTDIR_MARK = '<outdir>'     # how a run's spec writes the comparison's outdir (comparable across outdirs)
+
+
 def run_spec(cfg, method, seed):
     """What decides a run's training: a re-run with the same outdir must match it."""
     cmd = train_command(cfg, method, seed)
-    return dict(train_args=[a.replace(cfg.outdir, '<outdir>') for a in cmd[2:]], kimg=cfg.kimg,
+    return dict(train_args=[a.replace(cfg.outdir, OUTDIR_MARK) for a in cmd[2:]], kimg=cfg.kimg,
                 minutes=cfg.minutes)
 
 
