@@ -259,7 +259,11 @@ def load_classifier(cache=True, verbose=False):
     if cache and os.path.isfile(path):
         net = ShapesClassifier()
         net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+        if verbose:
+            print(f'shapes classifier: loaded from the cache, {path}')
         return net.eval().requires_grad_(False)
+    if verbose:
+        print(f'shapes classifier: training it (once; then cached as {path})')
     net = train_classifier(verbose=verbose)
     if cache:
         os.makedirs(os.path.dirname(path), exist_ok=True)
