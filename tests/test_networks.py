@@ -143,19 +143,20 @@ def test_resolve_cfg_auto_formulas():
 
 # (cfg, resolution, batch). Full-width networks are costly on CPU, so batches
 # are tiny; auto at 256/512/1024 is covered by its paper twin (see below).
+# paper1024's run (about a CPU-minute, more than all the others together) is `long`: in `make test`,
+# test_paper1024_is_paper512_one_block_up builds its networks, checks them as below and shows that they
+# are built from paper512's kwargs out of the same kinds of layer, so paper512's run goes through the
+# same code.
 FULL_RUNS = [
     ('auto', 32, 2), ('auto', 64, 2), ('auto', 128, 1), ('stylegan2', 32, 2), ('cifar', 32, 2),
     pytest.param('paper256', 256, 1, marks=pytest.mark.slow),
     pytest.param('paper512', 512, 1, marks=pytest.mark.slow),
-    pytest.param('paper1024', 1024, 1, marks=pytest.mark.slow),
+    pytest.param('paper1024', 1024, 1, marks=pytest.mark.long),
 ]
 
 
-@pytest.mark.parametrize('cfg,res,batch', FULL_RUNS)
-def test_cfg_forward_backward(cfg, res, batch):
-    torch.manual_seed(1)
-    c_dim = 10 if cfg == 'cifar' else 0
-    spec, kw, G, D = build(cfg, res, c_dim=c_dim)
+def check_cfg_networks(cfg, res, spec, kw, G, D):
+    """What a preset's spec says about its built G and D."""
     assert G.num_ws == 2 * int(np.log2(res)) - 2
     assert G.synthesis.get_submodule(f'b{res}').conv1.out_channels == min(int(spec.fmaps * 32768) // res, 512)
     assert sum(1 for n, _ in G.mapping.named_children() if n.startswith('fc')) == spec.map
@@ -164,6 +165,14 @@ def test_cfg_forward_backward(cfg, res, batch):
     if cfg == 'cifar':
         assert kw.loss_kwargs.pl_weight == 0 and kw.loss_kwargs.style_mixing_prob == 0
         assert hasattr(G.mapping, 'embed') and hasattr(D, 'mapping')
+
+
+@pytest.mark.parametrize('cfg,res,batch', FULL_RUNS)
+def test_cfg_forward_backward(cfg, res, batch):
+    torch.manual_seed(1)
+    c_dim = 10 if cfg == 'cifar' else 0
+    spec, kw, G, D = build(cfg, res, c_dim=c_dim)
+    check_cfg_networks(cfg, res, spec, kw, G, D)
 
     z = torch.randn(batch, G.z_dim)
     c = torch.eye(c_dim)[torch.arange(batch) % c_dim] if c_dim else torch.zeros(batch, 0)
@@ -176,6 +185,34 @@ def test_cfg_forward_backward(cfg, res, batch):
     for name, p in list(G.named_parameters()) + list(D.named_parameters()):
         assert p.grad is not None, f'{name} got no gradient'
         assert torch.isfinite(p.grad).all(), name
+
+
+def test_paper1024_is_paper512_one_block_up():
+    """The default suite's part of paper1024 (its forward/backward above is `long`): its networks
+    match its spec, and they are built from paper512's network kwargs but for the resolution and the
+    minibatch-stddev group, out of the same kinds of layer (class and every flag that picks a code path:
+    architecture, fp16, ...). So the paper512 forward/backward above runs the code that paper1024's
+    would; the 1024 blocks are more of the same."""
+    torch.manual_seed(1)
+    spec, kw, G, D = build('paper1024', 1024)
+    check_cfg_networks('paper1024', 1024, spec, kw, G, D)
+    _spec, kw512, G512, D512 = build('paper512', 512)
+
+    def differing(kwargs):
+        out = copy.deepcopy(dict(kwargs))
+        del out['img_resolution']
+        out.get('epilogue_kwargs', {}).pop('mbstd_group_size', None)
+        return out
+    assert differing(kw.G_kwargs) == differing(kw512.G_kwargs)
+    assert differing(kw.D_kwargs) == differing(kw512.D_kwargs)
+
+    def kinds(net):
+        """Every layer's class with its flags (bool and str attributes)."""
+        return {(type(m).__name__,) + tuple(sorted((k, v) for k, v in vars(m).items()
+                                                  if not k.startswith('_') and isinstance(v, (bool, str))))
+                for m in net.modules()}
+    assert kinds(G) == kinds(G512)
+    assert kinds(D) == kinds(D512)
 
 
 @pytest.mark.parametrize('res,twin', [(256, 'paper256'), (512, 'paper512'), (1024, 'paper1024')])
