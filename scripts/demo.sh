@@ -38,12 +38,6 @@ else
     "$PY" dataset_tool.py --source=builtin:shapes --dest="$DATA" --resolution=32
 fi
 
-# The scoring classifier trains once (about 40 s of two cores, 60-80 s of one) and is then cached
-# under dnnlib's cache directory: train it now, before the GAN, rather than beside it (two processes
-# on two cores slow the GAN's training more than the classifier's minute costs).
-echo "== Shapes classifier (the judge of step 3)"
-"$PY" -c "from training import shapes_classifier as s; s.load_classifier(verbose=True)"
-
 # 2. Training: FastGAN conditioned on the set's 5 shape labels (--cond=1: class-conditional batch
 #    norm in G, a projection term in D), with DiffAugment (the cfg's policy: colour and translation)
 #    and without D's reconstruction term (--recon=none: 10-15 % less time per kimg, shapes as
@@ -67,7 +61,10 @@ if [ -z "$RUN" ] || [ ! -d "$RUN" ]; then
 fi
 SNAP="$(ls "$RUN"/network-snapshot-*.pkl | LC_ALL=C sort | tail -n 1)"   # names sort in training order
 
-# 3. Use the snapshot: a few seeds with generate.py, then the score and the final grid.
+# 3. Use the snapshot: a few seeds with generate.py, then the score and the final grid. The scoring
+#    classifier is trained on first use (about 40 s of two cores) and then cached under dnnlib's cache
+#    directory; here, after the GAN, it has both cores (beside the GAN it slowed the GAN's training more
+#    than its own minute costs).
 echo
 echo "== 3/3 Generating images from $(basename "$SNAP") and scoring them"
 "$PY" generate.py --network="$SNAP" --seeds=0-7 --class=0 --outdir="$RUN/generated"   # class 0: circle
